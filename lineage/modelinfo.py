@@ -1,0 +1,120 @@
+"""What the registry needs from a local Hugging Face model directory, without loading weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from lineage.errors import LineageError
+
+# config.json keys per concept, first match wins (BERT/RoBERTa/Llama names, then GPT-2 names).
+_LAYERS = ("num_hidden_layers", "n_layer", "num_layers")
+_HIDDEN = ("hidden_size", "n_embd", "d_model")
+_HEADS = ("num_attention_heads", "n_head", "num_heads")
+_FFN = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+MLM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
+CLM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    family: str
+    objective: str  # "mlm" | "clm"
+    layers: int
+    d_model: int
+    heads: int
+    d_ffn: int
+    vocab_size: int
+    n_params: int
+    tokenizer_fingerprint: str | None
+
+
+def _first(config: dict, keys: tuple[str, ...], what: str, path: Path) -> int:
+    for key in keys:
+        if config.get(key) is not None:
+            return int(config[key])
+    raise LineageError(f"{path}: config.json has no {what} (looked for {', '.join(keys)})")
+
+
+def objective_of(config: dict) -> str:
+    """'mlm' or 'clm' from the architectures a config names."""
+    for arch in config.get("architectures") or []:
+        if arch.endswith(MLM_SUFFIXES):
+            return "mlm"
+        if arch.endswith(CLM_SUFFIXES):
+            return "clm"
+    model_type = config.get("model_type", "")
+    if model_type in {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2"}:
+        return "mlm"
+    if config.get("is_decoder") or model_type in {"gpt2", "llama", "mistral", "qwen2", "gpt_neox"}:
+        return "clm"
+    raise LineageError(f"cannot tell whether model_type {model_type!r} is masked or causal LM")
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Sum of tensor sizes from the safetensors headers (no weights are read)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise LineageError(f"{model_dir}: no *.safetensors weights")
+    total = 0
+    for file in files:
+        with file.open("rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in meta["shape"]:
+                    n *= dim
+                total += n
+    return total
+
+
+def tokenizer_fingerprint(tokenizer_dir: Path) -> str | None:
+    """sha256 of the vocabulary (token -> id): teachers and students must share it."""
+    tok_json = tokenizer_dir / "tokenizer.json"
+    vocab: dict[str, int] | None = None
+    if tok_json.exists():
+        spec = json.loads(tok_json.read_text(encoding="utf-8"))
+        vocab = dict(spec["model"]["vocab"])
+        for added in spec.get("added_tokens", []):
+            vocab[added["content"]] = added["id"]
+    elif (tokenizer_dir / "vocab.json").exists():
+        vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    elif (tokenizer_dir / "vocab.txt").exists():
+        lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        vocab = {tok: i for i, tok in enumerate(lines)}
+    if vocab is None:
+        return None
+    canonical = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_model_info(model_dir: Path) -> ModelInfo:
+    """Describe a local Hugging Face model directory (config.json + safetensors + tokenizer)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LineageError(f"model directory {model_dir} does not exist")
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise LineageError(f"{model_dir} is not a Hugging Face model directory: no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LineageError(f"{config_path}: not valid JSON ({exc})") from exc
+    d_model = _first(config, _HIDDEN, "hidden size", model_dir)
+    d_ffn = next((int(config[k]) for k in _FFN if config.get(k) is not None), 4 * d_model)
+    return ModelInfo(
+        family=str(config.get("model_type") or "unknown"),
+        objective=objective_of(config),
+        layers=_first(config, _LAYERS, "layer count", model_dir),
+        d_model=d_model,
+        heads=_first(config, _HEADS, "attention head count", model_dir),
+        d_ffn=d_ffn,
+        vocab_size=int(config.get("vocab_size", 0)),
+        n_params=count_parameters(model_dir),
+        tokenizer_fingerprint=tokenizer_fingerprint(model_dir),
+    )
