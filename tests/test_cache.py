@@ -1,0 +1,348 @@
+"""The teacher top-K logit cache: round trips against a fresh forward, masks, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForMaskedLM
+
+from lineage import cache as cache_mod
+from lineage.cache import (
+    ARRAYS,
+    CacheMeta,
+    MaskSpec,
+    block_targets,
+    blocks_digest,
+    build_cache,
+    index_dtype,
+    open_cache,
+    weights_digest,
+)
+from lineage.data import IGNORE_INDEX, causal_targets
+from lineage.errors import ConflictError, LineageError, NotFoundError
+
+V, T, N_BLOCKS = 300, 16, 10
+MASK_ID, SPECIAL = 4, (0, 1, 2, 3)
+META = CacheMeta(teacher_name="teacher-a", tokenizer_fingerprint="fp-a")
+
+
+def roberta() -> RobertaForMaskedLM:
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=T + 2,
+    )
+    return RobertaForMaskedLM(config).eval()
+
+
+def gpt2(vocab: int = V, width: int = 64) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=2, n_head=2, n_positions=T)
+    return GPT2LMHeadModel(config).eval()
+
+
+def make_blocks(n: int = N_BLOCKS, vocab: int = V, seed: int = 0) -> np.ndarray:
+    dtype = np.uint16 if vocab <= 65536 else np.uint32
+    return np.random.default_rng(seed).integers(5, vocab, (n, T)).astype(dtype)
+
+
+def build_mlm(teacher: torch.nn.Module, blocks: np.ndarray, out: Path, **kw) -> object:
+    kw = {"mask_token_id": MASK_ID, "special_ids": SPECIAL, "progress": False, **kw}
+    return build_cache(teacher, blocks, out, objective="mlm", meta=META, **kw)
+
+
+def build_clm(teacher: torch.nn.Module, blocks: np.ndarray, out: Path, **kw) -> object:
+    return build_cache(teacher, blocks, out, objective="clm", meta=META, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def mlm_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RobertaForMaskedLM]:
+    teacher, out = roberta(), tmp_path_factory.mktemp("mlm") / "cache"
+    build_mlm(teacher, make_blocks(), out, batch_size=4)
+    return out, teacher
+
+
+@pytest.fixture(scope="module")
+def clm_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT2LMHeadModel]:
+    teacher, out = gpt2(), tmp_path_factory.mktemp("clm") / "cache"
+    build_clm(teacher, make_blocks(), out, batch_size=3)
+    return out, teacher
+
+
+def fresh_target_logits(teacher: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor):
+    """Full teacher logits at the target positions, row-major: [N, V]."""
+    with torch.no_grad():
+        return teacher(input_ids=input_ids).logits[labels != IGNORE_INDEX]
+
+
+def assert_topk_matches(batch, fresh: torch.Tensor, k: int) -> None:
+    assert batch.topk_indices.dtype == torch.int64 and batch.topk_logits.dtype == torch.float32
+    assert batch.topk_indices.shape == (batch.n_targets, k) == batch.topk_logits.shape
+    # Values: the K largest, descending, within fp16 rounding; and they sit at the stored ids.
+    ref = fresh.topk(k, dim=-1).values
+    torch.testing.assert_close(batch.topk_logits, ref, atol=1e-2, rtol=1e-3)
+    torch.testing.assert_close(
+        fresh.gather(1, batch.topk_indices), batch.topk_logits, atol=1e-2, rtol=1e-3
+    )
+    assert torch.all(batch.topk_logits[:, :-1] >= batch.topk_logits[:, 1:])
+
+
+def test_index_dtype_is_smallest_that_fits() -> None:
+    assert index_dtype(256) == np.uint8
+    assert index_dtype(257) == np.uint16
+    assert index_dtype(50265) == np.uint16
+    assert index_dtype(65536) == np.uint16
+    assert index_dtype(65537) == np.uint32
+
+
+def test_mlm_round_trip_matches_fresh_forward(mlm_cache) -> None:
+    out, teacher = mlm_cache
+    cache = open_cache(out)
+    batch = cache.shard("general", "teacher-a").batch(range(N_BLOCKS), torch.Generator())
+    blocks = torch.from_numpy(make_blocks().astype(np.int64))
+    target = batch.labels != IGNORE_INDEX
+    assert batch.n_targets == cache.manifest.n_targets > 0
+    # Labels are the original tokens; untouched positions keep them; most targets are masked.
+    assert torch.equal(batch.labels[target], blocks[target])
+    assert torch.equal(batch.input_ids[~target], blocks[~target])
+    assert (batch.input_ids[target] == MASK_ID).float().mean() > 0.5
+    assert batch.teacher == "teacher-a" and batch.shard == "general"
+    assert_topk_matches(batch, fresh_target_logits(teacher, batch.input_ids, batch.labels), 10)
+
+
+def test_clm_round_trip_uses_blocks_and_next_tokens(clm_cache) -> None:
+    out, teacher = clm_cache
+    cache = open_cache(out)
+    batch = cache.shard("code").batch([3, 0, 9], torch.Generator())
+    blocks = torch.from_numpy(make_blocks()[[3, 0, 9]].astype(np.int64))
+    assert torch.equal(batch.input_ids, blocks)
+    assert torch.equal(batch.labels, causal_targets(blocks))
+    assert batch.n_targets == 3 * (T - 1) and cache.manifest.n_targets == N_BLOCKS * (T - 1)
+    assert_topk_matches(batch, fresh_target_logits(teacher, blocks, batch.labels), 10)
+
+
+def test_batch_rows_follow_block_order(mlm_cache) -> None:
+    shard = open_cache(mlm_cache[0]).shard("general")
+    whole = shard.batch(range(N_BLOCKS), torch.Generator())
+    counts = (whole.labels != IGNORE_INDEX).sum(1)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    picked = [7, 2, 5]
+    sub = shard.batch(picked, torch.Generator())
+    expect = torch.cat([whole.topk_indices[starts[i] : starts[i + 1]] for i in picked])
+    assert torch.equal(sub.topk_indices, expect)
+    assert torch.equal(sub.labels, whole.labels[picked])
+    empty = shard.batch([], torch.Generator())
+    assert empty.input_ids.shape == (0, T) and empty.topk_logits.shape == (0, 10)
+
+
+def test_mlm_masks_reproducible_and_independent_of_batch_size(tmp_path, mlm_cache) -> None:
+    teacher, blocks = mlm_cache[1], make_blocks()
+    build_mlm(teacher, blocks, tmp_path / "bs1", batch_size=1)
+    build_mlm(teacher, blocks, tmp_path / "seed1", batch_size=4, mask_seed=1)
+    a, b = open_cache(mlm_cache[0]), open_cache(tmp_path / "bs1")
+    for i in range(N_BLOCKS):
+        for key in ("inputs", "positions", "labels", "topk_indices"):
+            assert np.array_equal(a.block(i)[key], b.block(i)[key]), (i, key)
+    # The same masks come from block_targets alone, block by block.
+    spec = MaskSpec(MASK_ID, V, SPECIAL)
+    inputs, labels = block_targets(blocks[4:5], 4, "mlm", spec)
+    assert np.array_equal(a.block(4)["inputs"], inputs[0].numpy())
+    assert np.array_equal(a.block(4)["positions"], (labels[0] != IGNORE_INDEX).nonzero()[:, 0])
+    other = open_cache(tmp_path / "seed1")
+    assert not all(np.array_equal(a.block(i)["inputs"], other.block(i)["inputs"]) for i in range(4))
+
+
+def test_full_k_equals_full_distribution(tmp_path) -> None:
+    teacher, blocks = gpt2(), make_blocks(n=3)
+    manifest = build_clm(teacher, blocks, tmp_path / "full", top_k="full")
+    assert manifest.meta.top_k == V
+    batch = open_cache(tmp_path / "full").shard("s").batch(range(3), torch.Generator())
+    dense = torch.empty(batch.n_targets, V).scatter_(1, batch.topk_indices, batch.topk_logits)
+    fresh = fresh_target_logits(teacher, batch.input_ids, batch.labels)
+    torch.testing.assert_close(dense.softmax(-1), fresh.softmax(-1), atol=1e-4, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tokenizer_fingerprint", "fp-b"),
+        ("teacher_digest", "0" * 64),
+        ("teacher_name", "teacher-b"),
+        ("top_k", 100),
+        ("objective", "clm"),
+        ("block_size", 512),
+    ],
+)
+def test_open_refuses_other_setup(mlm_cache, field: str, value: object) -> None:
+    with pytest.raises(LineageError, match=field) as err:
+        open_cache(mlm_cache[0], expect=CacheMeta(**{field: value}))
+    cached = getattr(open_cache(mlm_cache[0], verify=False).meta, field)
+    assert repr(value) in str(err.value) and repr(cached) in str(err.value)
+
+
+def test_open_accepts_matching_setup(mlm_cache) -> None:
+    out, teacher = mlm_cache
+    expect = CacheMeta("teacher-a", weights_digest(teacher), "fp-a", 10, "mlm", T)
+    assert open_cache(out, expect=expect).meta == expect
+
+
+def copy_cache(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_flipped_byte_is_detected(tmp_path, mlm_cache, name: str) -> None:
+    out = copy_cache(mlm_cache[0], tmp_path / "c")
+    file = out / "part-00000" / f"{name}.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x01
+    file.write_bytes(bytes(data))
+    with pytest.raises(LineageError, match=f"{name}.npy"):
+        open_cache(out)
+
+
+def test_truncated_file_is_detected_without_hashing(tmp_path, mlm_cache) -> None:
+    out = copy_cache(mlm_cache[0], tmp_path / "c")
+    file = out / "part-00000" / "topk_logits.npy"
+    file.write_bytes(file.read_bytes()[:-20])
+    with pytest.raises(LineageError, match=r"topk_logits\.npy.*truncated"):
+        open_cache(out, verify=False)
+
+
+def test_missing_cache_and_manifest(tmp_path) -> None:
+    with pytest.raises(NotFoundError):
+        open_cache(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFoundError, match="manifest"):
+        open_cache(tmp_path / "empty")
+
+
+class Exploding(torch.nn.Module):
+    """A teacher that fails on its n-th forward, as a crash mid-build would."""
+
+    def __init__(self, inner: torch.nn.Module, fail_at: int) -> None:
+        super().__init__()
+        self.inner, self.config, self.fail_at, self.calls = inner, inner.config, fail_at, 0
+
+    def forward(self, **kw):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("teacher crashed")
+        return self.inner(**kw)
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path) -> None:
+    parent = tmp_path / "caches"
+    teacher = Exploding(gpt2(), fail_at=2)
+    with pytest.raises(RuntimeError, match="crashed"):
+        build_clm(teacher, make_blocks(), parent / "c", batch_size=2)
+    assert teacher.calls == 2
+    assert list(parent.iterdir()) == []
+
+
+def test_existing_cache_is_kept_unless_overwrite(clm_cache, tmp_path) -> None:
+    out = copy_cache(clm_cache[0], tmp_path / "c")
+    with pytest.raises(ConflictError, match="exists"):
+        build_clm(clm_cache[1], make_blocks(n=2), out)
+    build_clm(clm_cache[1], make_blocks(n=2), out, overwrite=True)
+    assert len(open_cache(out)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_manifest_records_identity_and_files(clm_cache) -> None:
+    out, teacher = clm_cache
+    blocks = make_blocks()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["blocks_sha256"] == hashlib.sha256(blocks.tobytes()).hexdigest()
+    assert manifest["blocks_sha256"] == blocks_digest(blocks)
+    assert manifest["meta"]["teacher_digest"] == weights_digest(teacher)
+    assert manifest["meta"] == {**manifest["meta"], "objective": "clm", "top_k": 10}
+    assert manifest["n_blocks"] == N_BLOCKS and manifest["masking"] is None
+    for name, info in manifest["parts"][0]["files"].items():
+        file = out / "part-00000" / f"{name}.npy"
+        assert info["bytes"] == file.stat().st_size
+        assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert not (out / "part-00000" / "part.json").exists()
+
+
+def test_large_vocabulary_stores_uint32(tmp_path) -> None:
+    vocab = 65536 + 64
+    teacher, blocks = gpt2(vocab=vocab, width=8), make_blocks(n=1, vocab=vocab)
+    blocks[0, 5] = vocab - 1  # an input id past uint16 must survive the round trip
+    build_clm(teacher, blocks, tmp_path / "c", top_k="full")  # "full": every id is stored
+    cache = open_cache(tmp_path / "c")
+    assert cache.manifest.index_dtype == "uint32"
+    assert cache.block(0)["topk_indices"].dtype == np.uint32
+    batch = cache.shard("s").batch([0], torch.Generator())
+    assert torch.equal(batch.input_ids, torch.from_numpy(blocks.astype(np.int64)))
+    assert batch.topk_indices.max() == vocab - 1
+    assert_topk_matches(batch, fresh_target_logits(teacher, batch.input_ids, batch.labels), vocab)
+
+
+def test_small_vocabulary_stores_uint16(mlm_cache) -> None:
+    cache = open_cache(mlm_cache[0])
+    assert cache.manifest.index_dtype == "uint16"
+    assert cache.block(0)["topk_indices"].dtype == np.uint16
+    assert cache.block(0)["topk_logits"].dtype == np.float16
+
+
+def test_two_rank_parts_merge_to_the_single_process_cache(tmp_path, clm_cache) -> None:
+    """What two ranks would write (one part each), merged by the main process."""
+    out, teacher = clm_cache
+    blocks = make_blocks()
+    spec = cache_mod._BuildSpec("clm", 10, None, np.dtype(np.uint16), 3, torch.device("cpu"), False)
+    tmp = tmp_path / ".c.partial"
+    tmp.mkdir()
+    for rank in range(2):
+        span = cache_mod._part_span(N_BLOCKS, 2, rank)
+        part = cache_mod._build_part(teacher, blocks, tmp / f"part-{rank:05d}", span, spec)
+        (tmp / part.dir / "part.json").write_text(json.dumps(cache_mod.asdict(part)))
+    meta = open_cache(out).meta
+    manifest = cache_mod._merge_manifest(tmp, 2, meta, blocks, spec, V)
+    cache_mod._publish(tmp, tmp_path / "c", manifest, overwrite=False)
+    merged, single = open_cache(tmp_path / "c"), open_cache(out)
+    assert [p.block_end for p in merged.manifest.parts] == [5, 10]
+    a = merged.shard("s").batch([9, 4, 5, 0], torch.Generator())
+    b = single.shard("s").batch([9, 4, 5, 0], torch.Generator())
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    assert torch.equal(a.topk_indices, b.topk_indices)
+    torch.testing.assert_close(a.topk_logits, b.topk_logits, atol=1e-2, rtol=1e-3)
+
+
+def test_build_refuses_meta_that_contradicts_arguments(tmp_path) -> None:
+    with pytest.raises(LineageError, match="top_k: expected 5, cache has 10"):
+        build_cache(
+            gpt2(), make_blocks(n=2), tmp_path / "c", objective="clm",
+            meta=CacheMeta(teacher_name="t", top_k=5), progress=False,
+        )  # fmt: skip
+    with pytest.raises(LineageError, match="mask_token_id"):
+        build_cache(gpt2(), make_blocks(n=2), tmp_path / "c", objective="mlm", meta=META)
+    assert not (tmp_path / "c").exists()
+
+
+def test_shard_refuses_another_teacher_and_teacher_mode_is_restored(mlm_cache) -> None:
+    with pytest.raises(ConflictError, match="teacher-b"):
+        open_cache(mlm_cache[0]).shard("general", "teacher-b")
+
+
+def test_huge_logits_are_clamped_to_fp16_range(tmp_path) -> None:
+    teacher = gpt2()
+    teacher.train()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(1e5)  # tied to the embeddings: logits ~1e5·|h|²
+    build_clm(teacher, make_blocks(n=2), tmp_path / "c", top_k=5)
+    assert teacher.training  # build_cache puts the teacher back in the mode it found it in
+    logits = open_cache(tmp_path / "c").shard("s").batch([0, 1], torch.Generator()).topk_logits
+    assert torch.isfinite(logits).all() and logits.abs().max() == np.finfo(np.float16).max
