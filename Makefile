@@ -12,7 +12,7 @@ DEMO_DIR ?= demo-workspace
 $(BIN)/lineage: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt uv
-	$(BIN)/uv pip install --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/lineage

@@ -1,0 +1,78 @@
+"""The ``lineage`` command line: one Typer app per noun; each body calls the Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lineage.cli import db, domain, edge, model
+from lineage.cli.common import app as make_app
+from lineage.cli.common import console, workspace
+from lineage.graph import FORMATS, render
+from lineage.workspace import ENV_VAR, Workspace
+
+app = make_app("Continual domain adaptation and model lineage: Knowledge Inheritance and growth.")
+app.add_typer(db.app, name="db")
+app.add_typer(model.app, name="model")
+app.add_typer(domain.app, name="domain")
+app.add_typer(edge.app, name="edge")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    workspace_dir: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", envvar=ENV_VAR, help="Workspace folder (default: .)."),
+    ] = None,
+) -> None:
+    ctx.obj = {"workspace": workspace_dir}
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")] = Path(),
+    registry_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of a shared registry (default: SQLite).")
+    ] = None,
+) -> None:
+    """Create a workspace: lineage.toml, the registry database and the model/data folders."""
+    ws = Workspace.init(directory, registry_url=registry_url)
+    console.print(f"Created workspace [bold]{ws.root}[/] (registry {ws.registry.schema_revision})")
+    ws.close()
+
+
+@app.command()
+def graph(
+    ctx: typer.Context,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help=f"One of {', '.join(FORMATS)}.")
+    ] = "text",
+    model_name: Annotated[
+        str | None, typer.Option("--model", help="Only this model, its ancestors and descendants.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+) -> None:
+    """Show the model family: text tree, Graphviz DOT, Mermaid or JSON."""
+    reg = workspace(ctx).registry
+    models, edges = reg.models(), reg.edges()
+    if model_name is not None:
+        keep = {model_name} | {
+            r.name for r in reg.ancestors(model_name) + reg.descendants(model_name)
+        }
+        models = [m for m in models if m.name in keep]
+        edges = [e for e in edges if e.parent in keep and e.child in keep]
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    text = render(models, edges, fmt)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"Wrote {output}")
+
+
+def main() -> None:
+    app(prog_name="lineage")

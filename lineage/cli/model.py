@@ -1,0 +1,117 @@
+"""``lineage model``: register, inspect, document and remove models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import app as make_app
+
+app = make_app("Models: Hugging Face checkpoints in the registry.")
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A local Hugging Face model directory.")],
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default: the folder name).")
+    ] = None,
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", "-d", help="A domain it was trained on.")
+    ] = None,
+    description: Annotated[str, typer.Option(help="One line about the model.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register a local model directory (reads config.json, safetensors headers, tokenizer)."""
+    model = workspace(ctx).register_model(
+        path, name=name, domains=domain or [], description=description
+    )
+    if as_json:
+        emit_json(model.to_dict())
+    else:
+        console.print(
+            f"Registered [bold]{model.name}[/]: {model.family} {model.objective}, "
+            f"{model.layers} layers x {model.d_model}, {model.n_params:,} parameters"
+        )
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List registered models."""
+    models = workspace(ctx).registry.models()
+    if as_json:
+        emit_json([m.to_dict() for m in models])
+        return
+    table(
+        "models",
+        ["name", "family", "objective", "layers", "d_model", "params", "domains"],
+        [
+            (
+                m.name,
+                m.family,
+                m.objective,
+                m.layers,
+                m.d_model,
+                f"{m.n_params:,}",
+                ", ".join(m.domains),
+            )
+            for m in models
+        ],
+    )
+
+
+@app.command()
+def show(ctx: typer.Context, name: str, as_json: JsonOption = False) -> None:
+    """Show a model with its parents, children, generation and evaluations."""
+    reg = workspace(ctx).registry
+    model = reg.model(name)
+    data = model.to_dict() | {
+        "generation": reg.generation(name),
+        "parents": [e.to_dict() for e in reg.edges(name) if e.child == name],
+        "children": [e.to_dict() for e in reg.edges(name) if e.parent == name],
+        "evaluations": [e.to_dict() for e in reg.evaluations(model=name)],
+    }
+    if as_json:
+        emit_json(data)
+        return
+    console.print(f"[bold]{name}[/]  generation {data['generation']}  {model.path}")
+    console.print(
+        f"{model.family} {model.objective}: {model.layers} layers, d_model {model.d_model}, "
+        f"{model.heads} heads, d_ffn {model.d_ffn}, vocab {model.vocab_size}, "
+        f"{model.n_params:,} parameters; domains: {', '.join(model.domains) or '-'}"
+    )
+    for e in data["parents"]:
+        console.print(f"  <- [{e['kind']}] {e['parent']}  {e['params']}")
+    for e in data["children"]:
+        console.print(f"  -> [{e['kind']}] {e['child']}")
+    if data["evaluations"]:
+        table(
+            "evaluations",
+            ["domain", "step", "loss", "ppl"],
+            [
+                (e["domain"], e["step"], f"{e['loss']:.4f}", f"{e['ppl']:.2f}")
+                for e in data["evaluations"]
+            ],
+        )
+
+
+@app.command()
+def card(ctx: typer.Context, name: str) -> None:
+    """Write the model directory's README.md model card (base_model metadata + lineage)."""
+    path = workspace(ctx).write_model_card(name)
+    console.print(f"Wrote {path}")
+
+
+@app.command()
+def remove(
+    ctx: typer.Context,
+    name: str,
+    force: Annotated[bool, typer.Option(help="Also when other models derive from it.")] = False,
+) -> None:
+    """Remove a model from the registry (its files stay where they are)."""
+    workspace(ctx).registry.remove_model(name, force=force)
+    console.print(f"Removed {name}")

@@ -1,0 +1,138 @@
+"""Plain, frozen records the registry hands out (ORM rows never leave the store)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        return out
+
+
+@dataclass(frozen=True)
+class Tokenizer(_Record):
+    id: int
+    name: str
+    path: str
+    fingerprint: str
+    vocab_size: int
+    params: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Domain(_Record):
+    id: int
+    name: str
+    description: str
+    sources: list[Any]
+    card: dict[str, Any]
+    stats: dict[str, Any]
+    content_digest: str | None
+    profile: dict[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Shard(_Record):
+    id: int
+    domain: str
+    name: str
+    split: str
+    path: str
+    n_bytes: int
+    n_documents: int
+    digest: str
+    profile: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Model(_Record):
+    id: int
+    name: str
+    path: str
+    family: str
+    objective: str
+    layers: int
+    d_model: int
+    heads: int
+    d_ffn: int
+    vocab_size: int
+    n_params: int
+    tokenizer_fingerprint: str | None
+    domains: list[Any]
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Edge(_Record):
+    id: int
+    parent: str
+    child: str
+    kind: str
+    params: dict[str, Any]
+    mlflow_run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Evaluation(_Record):
+    id: int
+    model: str
+    domain: str
+    step: int
+    loss: float
+    ppl: float
+    n_tokens: int
+    mlflow_run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Run(_Record):
+    id: int
+    mlflow_run_id: str | None
+    kind: str
+    status: str
+    model: str | None
+    plan_id: int | None
+    config: dict[str, Any]
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Plan(_Record):
+    id: int
+    name: str
+    student: str
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Cache(_Record):
+    id: int
+    path: str
+    teacher: str
+    domain: str | None
+    top_k: int
+    manifest: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Related(_Record):
+    """A model reached by a lineage query, with its distance in edges."""
+
+    name: str
+    depth: int

@@ -1,0 +1,586 @@
+"""The registry: models, domains, tokenizers and the inheritance edges between models.
+
+Every change runs in one transaction (SQLite: ``BEGIN IMMEDIATE``, so concurrent writers wait
+instead of failing); every read returns plain entities from ``lineage.entities``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from sqlalchemy import Select, delete, func, literal, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from lineage import entities as E
+from lineage.db import (
+    EDGE_KINDS,
+    CacheRow,
+    DomainRow,
+    EdgeRow,
+    EvaluationRow,
+    ModelRow,
+    PlanRow,
+    ProximityRow,
+    RunRow,
+    ShardRow,
+    TokenizerRow,
+    make_engine,
+    utcnow,
+)
+from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.modelinfo import ModelInfo
+from lineage.schema import check_schema
+
+Direction = Literal["ancestors", "descendants"]
+
+
+class Registry:
+    """Typed access to the registry database at ``url`` (any SQLAlchemy URL)."""
+
+    def __init__(self, url: str, *, upgrade_fresh: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.schema_revision = check_schema(self.engine, upgrade_fresh=upgrade_fresh)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back (nothing changed) on any error."""
+        conn = self.engine.connect().execution_options(lineage_write=True)
+        try:
+            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise ConflictError(f"refused by the registry: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise LineageError(f"registry database error: {exc.orig}") from exc
+        finally:
+            conn.close()
+
+    # ---- models -------------------------------------------------------------------------
+
+    def add_model(
+        self,
+        name: str,
+        path: str,
+        info: ModelInfo,
+        *,
+        domains: Sequence[str] = (),
+        description: str = "",
+    ) -> E.Model:
+        with self._write() as s:
+            if s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
+                raise ConflictError(f"a model named {name!r} is already registered")
+            row = ModelRow(
+                name=name,
+                path=path,
+                family=info.family,
+                objective=info.objective,
+                layers=info.layers,
+                d_model=info.d_model,
+                heads=info.heads,
+                d_ffn=info.d_ffn,
+                vocab_size=info.vocab_size,
+                n_params=info.n_params,
+                tokenizer_fingerprint=info.tokenizer_fingerprint,
+                domains=list(domains),
+                description=description,
+            )
+            s.add(row)
+            s.flush()
+            return _model(row)
+
+    def model(self, name: str) -> E.Model:
+        with self._read() as s:
+            return _model(_model_row(s, name))
+
+    def models(self) -> list[E.Model]:
+        with self._read() as s:
+            return [_model(r) for r in s.scalars(select(ModelRow).order_by(ModelRow.id))]
+
+    def has_model(self, name: str) -> bool:
+        with self._read() as s:
+            return s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None
+
+    def update_model(self, name: str, **fields: Any) -> E.Model:
+        allowed = {"path", "domains", "description"}
+        if unknown := set(fields) - allowed:
+            raise LineageError(f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}")
+        with self._write() as s:
+            row = _model_row(s, name)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            return _model(row)
+
+    def remove_model(self, name: str, *, force: bool = False) -> None:
+        """Remove a model and its edges; refused while other models derive from it."""
+        with self._write() as s:
+            row = _model_row(s, name)
+            children = s.scalars(
+                select(ModelRow.name)
+                .join(EdgeRow, EdgeRow.child_id == ModelRow.id)
+                .where(EdgeRow.parent_id == row.id)
+            ).all()
+            if children and not force:
+                raise ConflictError(
+                    f"{name!r} has descendants ({', '.join(sorted(set(children)))}); "
+                    "remove them first or pass --force"
+                )
+            s.execute(
+                delete(EdgeRow).where((EdgeRow.parent_id == row.id) | (EdgeRow.child_id == row.id))
+            )
+            s.execute(delete(EvaluationRow).where(EvaluationRow.model_id == row.id))
+            s.delete(row)
+
+    # ---- edges and lineage queries ------------------------------------------------------
+
+    def add_edge(
+        self,
+        parent: str,
+        child: str,
+        kind: str,
+        *,
+        params: dict[str, Any] | None = None,
+        mlflow_run_id: str | None = None,
+    ) -> E.Edge:
+        if kind not in EDGE_KINDS:
+            raise LineageError(f"unknown edge kind {kind!r}; kinds: {', '.join(EDGE_KINDS)}")
+        if parent == child:
+            raise ConflictError(f"an edge from {parent!r} to itself is refused")
+        with self._write() as s:
+            p, c = _model_row(s, parent), _model_row(s, child)
+            if p.id in _related_ids(s, c.id, "descendants"):
+                raise ConflictError(
+                    f"edge {parent} -> {child} would make a cycle: "
+                    f"{parent!r} descends from {child!r}"
+                )
+            dup = select(EdgeRow.id).where(
+                EdgeRow.parent_id == p.id, EdgeRow.child_id == c.id, EdgeRow.kind == kind
+            )
+            if s.scalar(dup) is not None:
+                raise ConflictError(f"edge {parent} -[{kind}]-> {child} already exists")
+            row = EdgeRow(
+                parent_id=p.id,
+                child_id=c.id,
+                kind=kind,
+                params=params or {},
+                mlflow_run_id=mlflow_run_id,
+            )
+            s.add(row)
+            s.flush()
+            return E.Edge(row.id, parent, child, kind, row.params, mlflow_run_id, row.created_at)
+
+    def edges(self, model: str | None = None) -> list[E.Edge]:
+        """All edges, or those touching ``model``."""
+        with self._read() as s:
+            query = _edge_query()
+            if model is not None:
+                mid = _model_row(s, model).id
+                query = query.where((EdgeRow.parent_id == mid) | (EdgeRow.child_id == mid))
+            return [_edge(*r) for r in s.execute(query.order_by(EdgeRow.id))]
+
+    def parents(self, name: str) -> list[E.Related]:
+        return [r for r in self.related(name, "ancestors") if r.depth == 1]
+
+    def children(self, name: str) -> list[E.Related]:
+        return [r for r in self.related(name, "descendants") if r.depth == 1]
+
+    def ancestors(self, name: str) -> list[E.Related]:
+        return self.related(name, "ancestors")
+
+    def descendants(self, name: str) -> list[E.Related]:
+        return self.related(name, "descendants")
+
+    def related(self, name: str, direction: Direction) -> list[E.Related]:
+        """Models reachable from ``name`` along edges, with their shortest distance (one CTE)."""
+        with self._read() as s:
+            mid = _model_row(s, name).id
+            walk = _walk(mid, direction)
+            query = (
+                select(ModelRow.name, func.min(walk.c.depth))
+                .join(walk, walk.c.id == ModelRow.id)
+                .group_by(ModelRow.id, ModelRow.name)
+                .order_by(func.min(walk.c.depth), ModelRow.name)
+            )
+            return [E.Related(n, int(d)) for n, d in s.execute(query)]
+
+    def generation(self, name: str) -> int:
+        """1 for a model with no parents, else 1 + the longest ancestor chain."""
+        with self._read() as s:
+            walk = _walk(_model_row(s, name).id, "ancestors")
+            deepest = s.scalar(select(func.max(walk.c.depth)))
+            return 1 + int(deepest or 0)
+
+    # ---- tokenizers ---------------------------------------------------------------------
+
+    def add_tokenizer(
+        self, name: str, path: str, fingerprint: str, vocab_size: int, params: dict[str, Any]
+    ) -> E.Tokenizer:
+        with self._write() as s:
+            if s.scalar(select(TokenizerRow.id).where(TokenizerRow.name == name)) is not None:
+                raise ConflictError(f"a tokenizer named {name!r} is already registered")
+            row = TokenizerRow(
+                name=name, path=path, fingerprint=fingerprint, vocab_size=vocab_size, params=params
+            )
+            s.add(row)
+            s.flush()
+            return _tokenizer(row)
+
+    def tokenizer(self, name: str) -> E.Tokenizer:
+        with self._read() as s:
+            row = s.scalar(select(TokenizerRow).where(TokenizerRow.name == name))
+            if row is None:
+                known = ", ".join(s.scalars(select(TokenizerRow.name))) or "none"
+                raise NotFoundError(f"no tokenizer named {name!r} (registered: {known})")
+            return _tokenizer(row)
+
+    def tokenizers(self) -> list[E.Tokenizer]:
+        with self._read() as s:
+            return [
+                _tokenizer(r) for r in s.scalars(select(TokenizerRow).order_by(TokenizerRow.id))
+            ]
+
+    # ---- domains and shards -------------------------------------------------------------
+
+    def add_domain(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        sources: Sequence[Any] = (),
+        card: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+        content_digest: str | None = None,
+        profile: dict[str, Any] | None = None,
+        shards: Sequence[dict[str, Any]] = (),
+    ) -> E.Domain:
+        """Register a domain (and its text shards) in one transaction."""
+        with self._write() as s:
+            if s.scalar(select(DomainRow.id).where(DomainRow.name == name)) is not None:
+                raise ConflictError(f"a domain named {name!r} is already registered")
+            row = DomainRow(
+                name=name,
+                description=description,
+                sources=list(sources),
+                card=card or {},
+                stats=stats or {},
+                content_digest=content_digest,
+                profile=profile,
+            )
+            s.add(row)
+            s.flush()
+            for shard in shards:
+                s.add(ShardRow(domain_id=row.id, **shard))
+            return _domain(row)
+
+    def update_domain(self, name: str, **fields: Any) -> E.Domain:
+        allowed = {"description", "card", "stats", "profile", "content_digest"}
+        if unknown := set(fields) - allowed:
+            raise LineageError(f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}")
+        with self._write() as s:
+            row = _domain_row(s, name)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            return _domain(row)
+
+    def domain(self, name: str) -> E.Domain:
+        with self._read() as s:
+            return _domain(_domain_row(s, name))
+
+    def domains(self) -> list[E.Domain]:
+        with self._read() as s:
+            return [_domain(r) for r in s.scalars(select(DomainRow).order_by(DomainRow.id))]
+
+    def shards(self, domain: str | None = None, split: str | None = None) -> list[E.Shard]:
+        with self._read() as s:
+            query = select(ShardRow, DomainRow.name).join(DomainRow).order_by(ShardRow.id)
+            if domain is not None:
+                query = query.where(ShardRow.domain_id == _domain_row(s, domain).id)
+            if split is not None:
+                query = query.where(ShardRow.split == split)
+            return [_shard(r, d) for r, d in s.execute(query)]
+
+    def set_shard_profile(self, shard_id: int, profile: dict[str, Any]) -> None:
+        with self._write() as s:
+            row = s.get(ShardRow, shard_id)
+            if row is None:
+                raise NotFoundError(f"no shard with id {shard_id}")
+            row.profile = profile
+
+    # ---- evaluations, runs, plans, proximity, caches -----------------------------------
+
+    def add_evaluation(
+        self,
+        model: str,
+        domain: str,
+        *,
+        loss: float,
+        ppl: float,
+        step: int = 0,
+        n_tokens: int = 0,
+        mlflow_run_id: str | None = None,
+    ) -> E.Evaluation:
+        with self._write() as s:
+            row = EvaluationRow(
+                model_id=_model_row(s, model).id,
+                domain_id=_domain_row(s, domain).id,
+                step=step,
+                loss=loss,
+                ppl=ppl,
+                n_tokens=n_tokens,
+                mlflow_run_id=mlflow_run_id,
+            )
+            s.add(row)
+            s.flush()
+            return _evaluation(row, model, domain)
+
+    def evaluations(
+        self, model: str | None = None, domain: str | None = None
+    ) -> list[E.Evaluation]:
+        with self._read() as s:
+            query = (
+                select(EvaluationRow, ModelRow.name, DomainRow.name)
+                .join(ModelRow, ModelRow.id == EvaluationRow.model_id)
+                .join(DomainRow, DomainRow.id == EvaluationRow.domain_id)
+                .order_by(EvaluationRow.id)
+            )
+            if model is not None:
+                query = query.where(ModelRow.name == model)
+            if domain is not None:
+                query = query.where(DomainRow.name == domain)
+            return [_evaluation(r, m, d) for r, m, d in s.execute(query)]
+
+    def start_run(
+        self,
+        kind: str,
+        *,
+        mlflow_run_id: str | None = None,
+        config: dict[str, Any] | None = None,
+        plan_id: int | None = None,
+    ) -> E.Run:
+        with self._write() as s:
+            row = RunRow(
+                kind=kind, mlflow_run_id=mlflow_run_id, config=config or {}, plan_id=plan_id
+            )
+            s.add(row)
+            s.flush()
+            return _run(row, None)
+
+    def finish_run(self, run_id: int, *, status: str, model: str | None = None) -> E.Run:
+        with self._write() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise NotFoundError(f"no run with id {run_id}")
+            row.status, row.ended_at = status, utcnow()
+            if model is not None:
+                row.model_id = _model_row(s, model).id
+            return _run(row, model)
+
+    def runs(self) -> list[E.Run]:
+        with self._read() as s:
+            query = select(RunRow, ModelRow.name).outerjoin(ModelRow).order_by(RunRow.id)
+            return [_run(r, m) for r, m in s.execute(query)]
+
+    def add_plan(self, name: str, student: str, spec: dict[str, Any]) -> E.Plan:
+        with self._write() as s:
+            if s.scalar(select(PlanRow.id).where(PlanRow.name == name)) is not None:
+                raise ConflictError(f"a plan named {name!r} already exists")
+            row = PlanRow(name=name, student_id=_model_row(s, student).id, spec=spec)
+            s.add(row)
+            s.flush()
+            return E.Plan(row.id, name, student, spec, row.created_at)
+
+    def plan(self, name_or_id: str | int) -> E.Plan:
+        with self._read() as s:
+            query = select(PlanRow, ModelRow.name).join(ModelRow, ModelRow.id == PlanRow.student_id)
+            key = str(name_or_id)
+            cond = PlanRow.id == int(key) if key.isdigit() else PlanRow.name == key
+            found = s.execute(query.where(cond)).first()
+            if found is None:
+                raise NotFoundError(f"no plan {name_or_id!r} (see `lineage plan list`)")
+            row, student = found
+            return E.Plan(row.id, row.name, student, row.spec, row.created_at)
+
+    def plans(self) -> list[E.Plan]:
+        with self._read() as s:
+            query = select(PlanRow, ModelRow.name).join(ModelRow, ModelRow.id == PlanRow.student_id)
+            return [E.Plan(r.id, r.name, m, r.spec, r.created_at) for r, m in s.execute(query)]
+
+    def save_proximity(
+        self, measure: str, params: dict[str, Any], domains: list[str], matrix: list[list[float]]
+    ) -> None:
+        with self._write() as s:
+            s.add(ProximityRow(measure=measure, params=params, domains=domains, matrix=matrix))
+
+    def latest_proximity(self, measure: str) -> tuple[list[str], list[list[float]]] | None:
+        with self._read() as s:
+            row = s.scalar(
+                select(ProximityRow)
+                .where(ProximityRow.measure == measure)
+                .order_by(ProximityRow.id.desc())
+                .limit(1)
+            )
+            return None if row is None else (list(row.domains), [list(r) for r in row.matrix])
+
+    def add_cache(
+        self, path: str, teacher: str, top_k: int, manifest: dict[str, Any], domain: str | None
+    ) -> E.Cache:
+        with self._write() as s:
+            s.execute(delete(CacheRow).where(CacheRow.path == path))  # a rebuild replaces it
+            row = CacheRow(
+                path=path,
+                teacher_id=_model_row(s, teacher).id,
+                top_k=top_k,
+                manifest=manifest,
+                domain_id=None if domain is None else _domain_row(s, domain).id,
+            )
+            s.add(row)
+            s.flush()
+            return E.Cache(row.id, path, teacher, domain, top_k, manifest, row.created_at)
+
+    def caches(self, teacher: str | None = None) -> list[E.Cache]:
+        with self._read() as s:
+            query = (
+                select(CacheRow, ModelRow.name, DomainRow.name)
+                .join(ModelRow, ModelRow.id == CacheRow.teacher_id)
+                .outerjoin(DomainRow, DomainRow.id == CacheRow.domain_id)
+                .order_by(CacheRow.id)
+            )
+            if teacher is not None:
+                query = query.where(ModelRow.name == teacher)
+            return [
+                E.Cache(r.id, r.path, t, d, r.top_k, r.manifest, r.created_at)
+                for r, t, d in s.execute(query)
+            ]
+
+
+# ---- queries and row -> entity conversions (module private) ----------------------------
+
+
+def _walk(start_id: int, direction: Direction) -> Any:
+    """Recursive CTE of (id, depth) reachable from ``start_id``; UNION keeps it finite on DAGs."""
+    src, dst = (
+        (EdgeRow.child_id, EdgeRow.parent_id)
+        if direction == "ancestors"
+        else (EdgeRow.parent_id, EdgeRow.child_id)
+    )
+    base = select(dst.label("id"), literal(1).label("depth")).where(src == start_id)
+    walk = base.cte("walk", recursive=True)
+    step = select(dst, walk.c.depth + 1).join(walk, src == walk.c.id)
+    return walk.union(step)
+
+
+def _related_ids(s: Session, start_id: int, direction: Direction) -> set[int]:
+    walk = _walk(start_id, direction)
+    return set(s.scalars(select(walk.c.id)))
+
+
+def _model_row(s: Session, name: str) -> ModelRow:
+    row = s.scalar(select(ModelRow).where(ModelRow.name == name))
+    if row is None:
+        raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
+    return row
+
+
+def _domain_row(s: Session, name: str) -> DomainRow:
+    row = s.scalar(select(DomainRow).where(DomainRow.name == name))
+    if row is None:
+        known = ", ".join(s.scalars(select(DomainRow.name))) or "none"
+        raise NotFoundError(f"no domain named {name!r} (registered: {known})")
+    return row
+
+
+def _edge_query() -> Select[Any]:
+    parent = select(ModelRow.id, ModelRow.name).subquery("parent")
+    child = select(ModelRow.id, ModelRow.name).subquery("child")
+    return (
+        select(EdgeRow, parent.c.name, child.c.name)
+        .join(parent, parent.c.id == EdgeRow.parent_id)
+        .join(child, child.c.id == EdgeRow.child_id)
+    )
+
+
+def _edge(row: EdgeRow, parent: str, child: str) -> E.Edge:
+    return E.Edge(
+        row.id, parent, child, row.kind, dict(row.params), row.mlflow_run_id, row.created_at
+    )
+
+
+def _model(r: ModelRow) -> E.Model:
+    return E.Model(
+        r.id,
+        r.name,
+        r.path,
+        r.family,
+        r.objective,
+        r.layers,
+        r.d_model,
+        r.heads,
+        r.d_ffn,
+        r.vocab_size,
+        r.n_params,
+        r.tokenizer_fingerprint,
+        list(r.domains),
+        r.description,
+        r.created_at,
+    )
+
+
+def _tokenizer(r: TokenizerRow) -> E.Tokenizer:
+    return E.Tokenizer(
+        r.id, r.name, r.path, r.fingerprint, r.vocab_size, dict(r.params), r.created_at
+    )
+
+
+def _domain(r: DomainRow) -> E.Domain:
+    return E.Domain(
+        r.id,
+        r.name,
+        r.description,
+        list(r.sources),
+        dict(r.card),
+        dict(r.stats),
+        r.content_digest,
+        r.profile,
+        r.created_at,
+    )
+
+
+def _shard(r: ShardRow, domain: str) -> E.Shard:
+    return E.Shard(
+        r.id, domain, r.name, r.split, r.path, r.n_bytes, r.n_documents, r.digest, r.profile
+    )
+
+
+def _evaluation(r: EvaluationRow, model: str, domain: str) -> E.Evaluation:
+    return E.Evaluation(
+        r.id, model, domain, r.step, r.loss, r.ppl, r.n_tokens, r.mlflow_run_id, r.created_at
+    )
+
+
+def _run(r: RunRow, model: str | None) -> E.Run:
+    return E.Run(
+        r.id,
+        r.mlflow_run_id,
+        r.kind,
+        r.status,
+        model,
+        r.plan_id,
+        dict(r.config),
+        r.started_at,
+        r.ended_at,
+    )
+
+
+__all__ = ["Registry"]

@@ -1,0 +1,162 @@
+"""A workspace: one folder with ``lineage.toml``, the registry, and the files lineage makes.
+
+``Workspace.open(path)`` is the Python API's front door; everything else hangs off it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
+from lineage.entities import Model
+from lineage.errors import LineageError
+from lineage.modelcard import write_card
+from lineage.modelinfo import read_model_info
+from lineage.registry import Registry
+
+ENV_VAR = "LINEAGE_WORKSPACE"
+
+
+def resolve_root(path: str | Path | None = None) -> Path:
+    """``path``, else $LINEAGE_WORKSPACE, else the current directory."""
+    chosen = path if path is not None else os.environ.get(ENV_VAR) or Path.cwd()
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass
+class Workspace:
+    root: Path
+    config: Config
+    _registry: Registry | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> Workspace:
+        """Open an existing workspace (``path``, $LINEAGE_WORKSPACE or the current folder)."""
+        root = resolve_root(path)
+        if not (root / CONFIG_FILE).is_file():
+            raise LineageError(
+                f"{root} is not a lineage workspace (no {CONFIG_FILE}); run `lineage init {root}`"
+            )
+        return cls(root, load_config(root / CONFIG_FILE))
+
+    @classmethod
+    def init(cls, path: str | Path | None = None, *, registry_url: str | None = None) -> Workspace:
+        """Create a workspace: configuration, folders and an upgraded registry database."""
+        root = resolve_root(path)
+        if (root / CONFIG_FILE).exists():
+            raise LineageError(f"{root} is already a lineage workspace")
+        if root.exists() and not root.is_dir():
+            raise LineageError(f"{root} exists and is not a folder")
+        text = default_config_text()
+        if registry_url is not None:
+            text = text.replace(
+                'url = "sqlite:///{workspace}/registry.db"', f'url = "{registry_url}"'
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        ws = cls(root, load_config(tmp))
+        for folder in ws.folders():
+            folder.mkdir(parents=True, exist_ok=True)
+        _ = ws.registry  # create and upgrade the database before the workspace is declared
+        os.replace(tmp, root / CONFIG_FILE)
+        return ws
+
+    def folders(self) -> list[Path]:
+        paths = self.config.paths
+        return [
+            self.path(p)
+            for p in (
+                paths.models,
+                paths.adapters,
+                paths.caches,
+                paths.domains,
+                paths.data,
+                paths.plots,
+            )
+        ]
+
+    def path(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    def expand(self, template: str) -> str:
+        return template.replace("{workspace}", str(self.root))
+
+    @property
+    def registry_url(self) -> str:
+        return self.expand(self.config.registry.url)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.expand(self.config.tracking.uri)
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(self.registry_url)
+        return self._registry
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.path(self.config.paths.models)
+
+    @cached_property
+    def adapters_dir(self) -> Path:
+        return self.path(self.config.paths.adapters)
+
+    @cached_property
+    def caches_dir(self) -> Path:
+        return self.path(self.config.paths.caches)
+
+    @cached_property
+    def domains_dir(self) -> Path:
+        return self.path(self.config.paths.domains)
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.path(self.config.paths.data)
+
+    @cached_property
+    def plots_dir(self) -> Path:
+        return self.path(self.config.paths.plots)
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- models ------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        domains: Sequence[str] = (),
+        description: str = "",
+    ) -> Model:
+        """Register a local Hugging Face model directory (config read, no weights loaded)."""
+        model_dir = Path(path).expanduser().resolve()
+        info = read_model_info(model_dir)
+        for domain in domains:
+            self.registry.domain(domain)  # unknown domains are refused before anything is written
+        return self.registry.add_model(
+            name or model_dir.name, str(model_dir), info, domains=domains, description=description
+        )
+
+    def write_model_card(self, name: str) -> Path:
+        """(Re)write the model directory's README.md card with its lineage."""
+        reg = self.registry
+        model = reg.model(name)
+        parents = [e for e in reg.edges(name) if e.child == name]
+        return write_card(model, parents, reg.generation(name))
