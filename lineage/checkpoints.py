@@ -1,0 +1,283 @@
+"""Atomic directory writes and training checkpoints that resume exactly.
+
+A checkpoint is a directory ``step-00000120/`` under the run's checkpoint folder:
+
+    model.safetensors   the student's weights (tied tensors stored once)
+    optimizer.pt        optimizer state (tensors and numbers only: loads with weights_only)
+    scheduler.pt        learning-rate scheduler state
+    rng.pt              torch CPU and CUDA generator states
+    state.json          step, sampler and schedule states, python/numpy RNG, run id, extras
+    manifest.json       sha256 and size of every file above, written last
+
+It is written into a hidden temporary directory and renamed into place, so a crash (even
+``kill -9``) leaves either the whole checkpoint or none; the manifest is verified on load so a
+file truncated or corrupted later is reported by name instead of being half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+
+from lineage.errors import LineageError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``final``; rename it to ``final`` on success.
+
+    On an exception the temporary directory is removed and ``final`` is untouched. With
+    ``overwrite`` an existing ``final`` is swapped out (renamed aside, then deleted) so readers
+    never see a mixture of old and new files.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise LineageError(f"{final} already exists (refusing to overwrite it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename makes them visible (crash consistency)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainingState:
+    """Everything besides tensors-with-parameters that a resumed run needs (JSON-serialisable)."""
+
+    step: int  # optimizer steps completed
+    sampler: dict[str, Any]  # MixtureSampler.state_dict()
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)  # per teacher
+    rng: dict[str, Any] = field(default_factory=dict)  # python and numpy states (capture_rng)
+    run_id: str | None = None  # the MLflow run to continue
+    extra: dict[str, Any] = field(default_factory=dict)  # eval history, tokens seen, ...
+
+
+def capture_rng() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(JSON-able python/numpy states, tensor states for torch CPU and CUDA generators)."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    return plain, tensors
+
+
+def restore_rng(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (CUDA states only where CUDA is present)."""
+    if "python" in plain:
+        version, state, gauss = plain["python"]
+        random.setstate((version, tuple(state), gauss))
+    if "numpy" in plain:
+        kind, keys, pos, has_gauss, cached = plain["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in tensors:
+        torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories (those with a manifest), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_checkpoint(
+    root: Path,
+    state: TrainingState,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | Any,
+    scheduler: Any,
+    keep: int | None = None,
+) -> Path:
+    """Write ``root/step-<state.step>/`` atomically, then delete all but the newest ``keep``.
+
+    ``model`` is the unwrapped module (no DDP/compile wrapper: parameter names must match the
+    module the checkpoint is loaded into). Returns the checkpoint directory.
+    """
+    final = step_dir(root, state.step)
+    plain_rng, tensor_rng = capture_rng()
+    with atomic_dir(final, overwrite=True) as tmp:
+        save_safetensors_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict() if scheduler is not None else {}, tmp / "scheduler.pt")
+        torch.save(tensor_rng, tmp / "rng.pt")
+        payload = {
+            "format": FORMAT_VERSION,
+            "step": state.step,
+            "sampler": state.sampler,
+            "schedules": state.schedules,
+            "rng": {**state.rng, **plain_rng},
+            "run_id": state.run_id,
+            "extra": state.extra,
+        }
+        (tmp / "state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        files = {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.iterdir())
+        }
+        manifest = {"format": FORMAT_VERSION, "step": state.step, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    if keep is not None and keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest.
+
+    Raises LineageError naming the missing, truncated or corrupted file.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError as exc:
+        raise LineageError(f"checkpoint {path} is incomplete: no {MANIFEST}") from exc
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+        raise LineageError(f"checkpoint manifest {manifest_path} is corrupted ({exc})") from exc
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            raise LineageError(f"checkpoint file {file} is missing")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise LineageError(
+                f"checkpoint file {file} is truncated or altered: {size} bytes, "
+                f"manifest says {meta['bytes']}"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise LineageError(f"checkpoint file {file} is corrupted: sha256 mismatch")
+    return manifest
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | Any | None = None,
+    scheduler: Any = None,
+    restore_rng_states: bool = True,
+) -> TrainingState:
+    """Verify ``path``, load weights/optimizer/scheduler in place, restore RNGs; return the rest.
+
+    ``model`` is the unwrapped module; load before wrapping for DDP (or into the unwrapped one).
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    missing, unexpected = load_safetensors_model(
+        model, str(path / "model.safetensors"), strict=False
+    )
+    if missing or unexpected:
+        raise LineageError(
+            f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    payload = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if restore_rng_states:
+        restore_rng(payload["rng"], torch.load(path / "rng.pt", weights_only=True))
+    return TrainingState(
+        step=int(payload["step"]),
+        sampler=payload["sampler"],
+        schedules=payload["schedules"],
+        rng=payload["rng"],
+        run_id=payload["run_id"],
+        extra=payload["extra"],
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint that verifies; corrupted newer ones are skipped with a warning.
+
+    Raises LineageError if checkpoints exist but none verifies (naming the newest bad file).
+    """
+    candidates = list_checkpoints(root)
+    first_error: LineageError | None = None
+    for path in reversed(candidates):
+        try:
+            verify_checkpoint(path)
+            return path
+        except LineageError as exc:
+            log.warning("skipping checkpoint: %s", exc)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise LineageError(f"no valid checkpoint in {root}: {first_error}") from first_error
+    return None
+
+
+def checkpoint_run_id(root: Path) -> str | None:
+    """The MLflow run id recorded in the newest checkpoint (to resume the same run), if any."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return json.loads((path / "state.json").read_text(encoding="utf-8")).get("run_id")
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
