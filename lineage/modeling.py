@@ -1,0 +1,255 @@
+"""Model shapes, configs for the supported families, and building/loading model directories.
+
+Families: ``roberta`` and ``bert`` (masked LM), ``gpt2`` and ``llama`` (causal LM). Shapes are
+the paper's Table 5 (papers/001 App. B) plus tiny sizes that train on a CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+)
+
+from lineage.checkpoints import atomic_dir
+from lineage.errors import LineageError
+from lineage.modelinfo import read_model_info
+from lineage.tokenizer import load_tokenizer
+
+FAMILIES: dict[str, str] = {"roberta": "mlm", "bert": "mlm", "gpt2": "clm", "llama": "clm"}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Transformer size; ``kv_heads`` < ``heads`` gives grouped-query attention (llama only)."""
+
+    layers: int  # number of transformer blocks
+    hidden: int  # d_model
+    heads: int  # attention heads (head size = hidden / heads)
+    ffn: int  # feed-forward inner size
+    kv_heads: int | None = None  # key/value heads, None = heads
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "ffn"):
+            if getattr(self, name) < 1:
+                raise LineageError(f"model shape: {name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise LineageError(
+                f"model shape: hidden {self.hidden} is not divisible by heads {self.heads}"
+            )
+        if self.kv_heads is not None and (self.kv_heads < 1 or self.heads % self.kv_heads):
+            raise LineageError(
+                f"model shape: heads {self.heads} is not a multiple of kv_heads {self.kv_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def to_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+# Table 5 of papers/001: heads are 12 (16 for LARGE) and BASE_PLUS has d_FFN 3600, not the
+# "d/64 heads, 4d FFN" rule of thumb (864/64 is not an integer).
+PRESETS: dict[str, ModelShape] = {
+    "tiny": ModelShape(layers=2, hidden=64, heads=2, ffn=256),
+    "small": ModelShape(layers=4, hidden=128, heads=4, ffn=512),
+    "medium-cpu": ModelShape(layers=6, hidden=192, heads=6, ffn=768),
+    "MEDIUM": ModelShape(layers=9, hidden=576, heads=12, ffn=3072),
+    "BASE": ModelShape(layers=12, hidden=768, heads=12, ffn=3072),
+    "BASE_PLUS": ModelShape(layers=18, hidden=864, heads=12, ffn=3600),
+    "LARGE": ModelShape(layers=24, hidden=1024, heads=16, ffn=4096),
+}
+
+
+def resolve_shape(shape: ModelShape | str) -> ModelShape:
+    """A shape, or the name of a preset (case-sensitive, e.g. ``tiny`` or ``BASE``)."""
+    if isinstance(shape, ModelShape):
+        return shape
+    if shape not in PRESETS:
+        raise LineageError(f"unknown model size {shape!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[shape]
+
+
+def objective_of_family(family: str) -> str:
+    """'mlm' or 'clm'; LineageError listing the families for an unknown one."""
+    if family not in FAMILIES:
+        raise LineageError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def build_config(
+    family: str,
+    shape: ModelShape | str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_positions: int,
+) -> PretrainedConfig:
+    """A Hugging Face config for ``family`` at ``shape``; vocabulary and specials from the
+    tokenizer; SDPA attention; dropout 0.1 where the family has it (the paper's setting)."""
+    objective_of_family(family)
+    s = resolve_shape(shape)
+    if max_positions < 2:
+        raise LineageError("max_positions must be >= 2")
+    if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
+        raise LineageError("grouped-query attention (kv_heads) is only supported for llama")
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if family in ("roberta", "bert"):
+        cls = RobertaConfig if family == "roberta" else BertConfig
+        # RoBERTa numbers positions from pad_token_id + 1: it needs that many extra slots.
+        extra = (tokenizer.pad_token_id or 0) + 1 if family == "roberta" else 0
+        return cls(
+            hidden_size=s.hidden,
+            num_hidden_layers=s.layers,
+            num_attention_heads=s.heads,
+            intermediate_size=s.ffn,
+            max_position_embeddings=max_positions + extra,
+            type_vocab_size=1 if family == "roberta" else 2,
+            architectures=[f"{cls.__name__.removesuffix('Config')}ForMaskedLM"],
+            attn_implementation="sdpa",
+            **ids,
+        )
+    if family == "gpt2":
+        return GPT2Config(
+            n_embd=s.hidden,
+            n_layer=s.layers,
+            n_head=s.heads,
+            n_inner=s.ffn,
+            n_positions=max_positions,
+            architectures=["GPT2LMHeadModel"],
+            attn_implementation="sdpa",
+            **ids,
+        )
+    return LlamaConfig(
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads or s.heads,
+        intermediate_size=s.ffn,
+        max_position_embeddings=max_positions,
+        architectures=["LlamaForCausalLM"],
+        attn_implementation="sdpa",
+        **ids,
+    )
+
+
+def _auto_class(objective: str) -> type:
+    return AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+
+
+def create_model(
+    family: str,
+    shape: ModelShape | str,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    max_positions: int = 512,
+    overwrite: bool = False,
+) -> Path:
+    """Randomly initialise a model and save it (safetensors + tokenizer) to ``out_dir``.
+
+    Same ``seed`` and shape give the same weights. The directory appears atomically.
+    """
+    objective = objective_of_family(family)
+    tokenizer = load_tokenizer(Path(tokenizer_dir))
+    config = build_config(family, shape, tokenizer, max_positions)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _auto_class(objective).from_config(config)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return out_dir
+
+
+def tokenizer_vocab_size(model_dir: Path) -> int | None:
+    """Number of token ids the directory's tokenizer can emit (max id + 1), read from JSON."""
+    tok_json = Path(model_dir) / "tokenizer.json"
+    if not tok_json.is_file():
+        return None
+    spec = json.loads(tok_json.read_text(encoding="utf-8"))
+    ids = list(spec["model"].get("vocab", {}).values()) + [a["id"] for a in spec["added_tokens"]]
+    return max(ids) + 1 if ids else None
+
+
+def check_vocab(model: PreTrainedModel, n_tokens: int, what: str = "the tokenizer") -> None:
+    """LineageError if ids up to ``n_tokens - 1`` do not fit the model's embedding."""
+    rows = model.get_input_embeddings().num_embeddings
+    if n_tokens > rows:
+        raise LineageError(
+            f"vocabulary mismatch: {what} has {n_tokens} token ids but the model's embedding "
+            f"has {rows} rows; use the tokenizer the model was built with"
+        )
+
+
+def load_model(
+    model_dir: Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a local model directory with the masked- or causal-LM auto class (from its config).
+
+    Remote code runs only when ``trust_remote_code`` is set. Checks the tokenizer in the
+    directory fits the embedding.
+    """
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    model = _auto_class(info.objective).from_pretrained(
+        str(model_dir),
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+    )
+    n_tokens = tokenizer_vocab_size(model_dir)
+    if n_tokens is not None:
+        check_vocab(model, n_tokens, f"the tokenizer in {model_dir}")
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+class TargetLogits(nn.Module):
+    """Wraps a Hugging Face LM so only the target positions go through the output head.
+
+    The backbone runs on every position; the head (vocabulary projection) only on the rows
+    where ``labels != -100`` — for MLM that is ~15 % of them, which saves most of the head's
+    compute and all of the [B, T, V] logits memory. Models whose head cannot be found fall
+    back to full logits then selection. Wrap this module (not the LM) for DDP so gradients sync.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+        heads = [name for name, _ in lm.named_children() if name != lm.base_model_prefix]
+        self._head = heads[0] if len(heads) == 1 and lm.base_model is not lm else None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor) -> Tensor:
+        """input_ids, labels: [B, T]; attention_mask [B, T] or None -> logits [N, V] for the
+        N = (labels != -100).sum() target positions in row-major order."""
+        target = labels != -100  # [B, T] bool
+        if self._head is None:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[target]
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return getattr(self.lm, self._head)(hidden[target])  # [N, d] -> [N, V]

@@ -1,0 +1,125 @@
+"""One byte-level BPE tokenizer shared by masked and causal models of a family.
+
+Special tokens have fixed ids so every model of the family agrees on them:
+``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4. Saved in Hugging Face format
+(``tokenizer.json`` + ``tokenizer_config.json``) so ``AutoTokenizer.from_pretrained`` loads it
+offline; its identity is :func:`lineage.modelinfo.tokenizer_fingerprint` (the vocabulary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lineage.checkpoints import atomic_dir
+from lineage.errors import LineageError
+from lineage.modelinfo import tokenizer_fingerprint
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")  # ids 0..4, in this order
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the specials
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The ids the data pipeline needs, without carrying the tokenizer object around."""
+
+    vocab_size: int  # len(tokenizer): ids are in [0, vocab_size)
+    pad_id: int
+    eos_id: int
+    mask_id: int | None  # None for a tokenizer without a mask token (causal only)
+    special_ids: tuple[int, ...]  # never masked, never a prediction target for MLM
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> TokenizerInfo:
+        if tokenizer.eos_token_id is None:
+            raise LineageError("the tokenizer has no end-of-sequence token (documents need one)")
+        pad = tokenizer.pad_token_id
+        return cls(
+            vocab_size=len(tokenizer),
+            pad_id=int(pad if pad is not None else tokenizer.eos_token_id),
+            eos_id=int(tokenizer.eos_token_id),
+            mask_id=None if tokenizer.mask_token_id is None else int(tokenizer.mask_token_id),
+            special_ids=tuple(sorted(int(i) for i in tokenizer.all_special_ids)),
+        )
+
+
+def _documents(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
+    """Non-blank documents; counts them in ``seen[0]`` (the trainer consumes the stream)."""
+    for text in texts:
+        if text and not text.isspace():
+            seen[0] += 1
+            yield text
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    out_dir: Path,
+    *,
+    vocab_size: int = 8000,
+    min_frequency: int = 2,
+    overwrite: bool = False,
+) -> str:
+    """Train a byte-level BPE on ``texts`` and save it to ``out_dir``; return its fingerprint.
+
+    ``texts`` is streamed (any iterable of documents). The directory appears atomically.
+    """
+    if vocab_size < _MIN_VOCAB:
+        raise LineageError(f"vocab_size must be at least {_MIN_VOCAB} (bytes + specials)")
+    if min_frequency < 1:
+        raise LineageError("min_frequency must be >= 1")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    # No prefix space: documents are packed back to back, so a word-initial token at the start
+    # of a document is as common as anywhere else.
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    seen = [0]
+    bpe.train_from_iterator(_documents(texts, seen), trainer=trainer)
+    if seen[0] == 0:
+        raise LineageError("no text to train the tokenizer on")
+    for i, token in enumerate(SPECIAL_TOKENS):
+        assert bpe.token_to_id(token) == i, f"{token} must have id {i}"
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        fast.save_pretrained(str(tmp))
+    fingerprint = tokenizer_fingerprint(out_dir)
+    assert fingerprint is not None
+    return fingerprint
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """A fast tokenizer from a local directory (a tokenizer or a model directory); offline."""
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise LineageError(f"{path} holds no tokenizer (tokenizer.json missing)")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not tokenizer.is_fast:
+        raise LineageError(f"{path}: a fast (Rust) tokenizer is required")
+    return tokenizer
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of ``src`` (those that exist) into ``dst``."""
+    for name in TOKENIZER_FILES:
+        file = Path(src) / name
+        if file.is_file():
+            (Path(dst) / name).write_bytes(file.read_bytes())
