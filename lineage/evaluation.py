@@ -1,0 +1,121 @@
+"""Held-out perplexity: token perplexity for causal LMs, masked pseudo-perplexity for MLMs.
+
+MLM numbers use a FIXED mask per block (seeded from ``mask_seed`` and the block's index, not
+from the batch), so two models, two runs, or two batch sizes score exactly the same targets
+and their perplexities compare directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lineage.data import IGNORE_INDEX, causal_targets, mlm_mask
+from lineage.errors import LineageError
+from lineage.modeling import TargetLogits, check_vocab
+from lineage.tokenizer import TokenizerInfo
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy (nats) over the target tokens
+    ppl: float  # exp(loss)
+    n_tokens: int  # target tokens scored
+
+
+def fixed_mlm_targets(
+    blocks: np.ndarray, start: int, tokenizer: TokenizerInfo, mask_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked inputs and labels for ``blocks`` (rows ``start`` … of the eval set).
+
+    blocks: [b, T] -> (inputs [b, T], labels [b, T]); row i is masked by a generator seeded
+    from (mask_seed, start + i) alone, so the mask does not depend on batching.
+    """
+    assert tokenizer.mask_id is not None
+    ids = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
+    special = torch.tensor(tokenizer.special_ids, dtype=torch.long)
+    inputs, labels = torch.empty_like(ids), torch.empty_like(ids)
+    for i in range(ids.shape[0]):
+        gen = torch.Generator().manual_seed(mask_seed * 1_000_003 + start + i)
+        inputs[i : i + 1], labels[i : i + 1] = mlm_mask(
+            ids[i : i + 1],
+            gen,
+            mask_token_id=tokenizer.mask_id,
+            vocab_size=tokenizer.vocab_size,
+            special_ids=special,
+        )
+    return inputs, labels
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    blocks: np.ndarray,
+    *,
+    objective: str,
+    batch_size: int,
+    tokenizer: TokenizerInfo | None = None,
+    mask_seed: int = 1234,
+    device: torch.device | str | None = None,
+    max_blocks: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> EvalResult:
+    """Perplexity of a Hugging Face LM on ``blocks`` [n, T] (the first ``max_blocks`` rows).
+
+    ``tokenizer`` (mask id, specials) is required for ``objective="mlm"``. ``device`` defaults
+    to the model's. Gradients are off; the model's train/eval mode is restored afterwards.
+    The loss is the token-weighted mean, computed in float32.
+    """
+    if objective not in ("mlm", "clm"):
+        raise LineageError(f"objective must be 'mlm' or 'clm', got {objective!r}")
+    if objective == "mlm" and (tokenizer is None or tokenizer.mask_id is None):
+        raise LineageError("MLM evaluation needs the tokenizer's mask token id")
+    if batch_size < 1:
+        raise LineageError("batch_size must be >= 1")
+    blocks = blocks[:max_blocks] if max_blocks is not None else blocks
+    if len(blocks) == 0:
+        raise LineageError("no blocks to evaluate on")
+    lm = model.module if hasattr(model, "module") else model  # a DDP wrapper: its module
+    check_vocab(lm, int(np.max(blocks)) + 1, "the evaluation data")
+    device = torch.device(device) if device is not None else _model_device(lm)
+    head = TargetLogits(lm)
+    was_training = lm.training
+    lm.eval()
+    total, count = 0.0, 0
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        for start in range(0, len(blocks), batch_size):
+            chunk = blocks[start : start + batch_size]
+            if objective == "mlm":
+                assert tokenizer is not None
+                inputs, labels = fixed_mlm_targets(chunk, start, tokenizer, mask_seed)
+            else:
+                inputs = torch.from_numpy(np.asarray(chunk, dtype=np.int64))
+                labels = causal_targets(inputs)
+            inputs, labels = inputs.to(device), labels.to(device)
+            with autocast:
+                logits = head(inputs, None, labels)  # [N, V]
+            targets = labels[labels != IGNORE_INDEX]
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            total += float(loss)
+            count += int(targets.numel())
+    finally:
+        lm.train(was_training)
+    if count == 0:
+        raise LineageError("the evaluation blocks hold no prediction targets")
+    mean = total / count
+    return EvalResult(loss=mean, ppl=math.exp(mean), n_tokens=count)

@@ -1,0 +1,212 @@
+"""Experiment tracking: a small ``Tracker`` protocol, MLflow behind it, and a null tracker.
+
+One training run is one MLflow run. ``MlflowTracker`` talks to the tracking store through an
+``MlflowClient`` (no global "active run"), so several trackers can coexist in one process and
+a resumed training run appends to the run it started (``resume_run_id``) instead of opening a
+duplicate. MLflow is imported lazily: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from lineage.errors import LineageError
+
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
+_BATCH_PARAMS = 100  # MLflow's limit per log_batch call
+_BATCH_METRICS = 1000
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")  # what MLflow accepts in a key
+
+
+class Tracker(Protocol):
+    """What the trainer needs from an experiment tracker."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def log_dataset(
+        self, name: str, digest: str, source: str, context: str = "training"
+    ) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/dataclasses -> {"a.b.c": leaf}; lists and tuples stay leaves."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if not isinstance(obj, Mapping):
+        return {prefix: obj} if prefix else {"value": obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) or (
+            dataclasses.is_dataclass(value) and not isinstance(value, type)
+        ):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def metric_key(key: str) -> str:
+    """A key MLflow accepts (teacher names may contain ':' or '@')."""
+    return _BAD_KEY_CHARS.sub("_", key)
+
+
+class NullTracker:
+    """Records everything in memory and sends nothing: for tests and non-main ranks."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int, str, float]] = []  # (step, key, value)
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[tuple[Path, str | None]] = []
+        self.datasets: list[tuple[str, str, str, str]] = []  # name, digest, source, context
+        self.status: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(flatten(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.metrics.extend((step, metric_key(k), float(v)) for k, v in metrics.items())
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        self.datasets.append((name, digest, source, context))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.status = status
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """[(step, value)] logged under ``key``."""
+        return [(s, v) for s, k, v in self.metrics if k == metric_key(key)]
+
+
+class MlflowTracker:
+    """One MLflow run per training run; ``resume_run_id`` continues an existing run.
+
+    ``parent_run_id`` nests the new run under a parent (e.g. a plan with several students).
+    ``artifact_location`` is used only when the experiment has to be created.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        try:
+            if resume_run_id is not None:
+                run = self._client.get_run(resume_run_id)
+                self._client.update_run(resume_run_id, status="RUNNING")
+                self._run_id = run.info.run_id
+            else:
+                exp = self._client.get_experiment_by_name(experiment)
+                exp_id = (
+                    exp.experiment_id
+                    if exp is not None
+                    else self._client.create_experiment(
+                        experiment, artifact_location=artifact_location
+                    )
+                )
+                all_tags = {k: str(v) for k, v in (tags or {}).items()}
+                if parent_run_id is not None:
+                    all_tags["mlflow.parentRunId"] = parent_run_id
+                run = self._client.create_run(exp_id, tags=all_tags, run_name=run_name)
+                self._run_id = run.info.run_id
+        except MlflowException as exc:
+            raise LineageError(f"MLflow ({tracking_uri}): {exc.message}") from exc
+        if resume_run_id is not None and tags:
+            self.set_tags(tags)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Flattened; values longer than MLflow's limit are cut (and marked with '…')."""
+        from mlflow.entities import Param
+
+        items = []
+        for key, value in flatten(params).items():
+            text = str(value)
+            if len(text) > _MAX_PARAM_CHARS:
+                text = text[: _MAX_PARAM_CHARS - 1] + "…"
+            items.append(Param(metric_key(key), text))
+        for i in range(0, len(items), _BATCH_PARAMS):
+            self._client.log_batch(self._run_id, params=items[i : i + _BATCH_PARAMS])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_key(k), float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), _BATCH_METRICS):
+            self._client.log_batch(self._run_id, metrics=items[i : i + _BATCH_METRICS])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self._client.log_batch(self._run_id, tags=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self._run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """Record a dataset input (``mlflow.log_input`` semantics) by name and content digest."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
+            src = resolve_dataset_source(str(source))
+        dataset = MetaDataset(src, name=name, digest=digest[:36])
+        tag = InputTag("mlflow.data.context", context)
+        self._client.log_inputs(
+            self._run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])]
+        )
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run: FINISHED, FAILED or KILLED."""
+        self._client.set_terminated(self._run_id, status=status)
