@@ -1,0 +1,73 @@
+"""PNG figures a person would rather look at than read (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def heatmap(
+    matrix: np.ndarray | Sequence[Sequence[float]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: Path,
+    *,
+    title: str,
+    fmt: str = "{:.1%}",
+    cmap: str = "viridis",
+    colorbar_label: str = "",
+) -> Path:
+    """An annotated heatmap, written to ``path`` (PNG)."""
+    data = np.asarray(matrix, dtype=float)
+    assert data.shape == (len(rows), len(cols)), (data.shape, len(rows), len(cols))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.0 + 0.8 * len(rows)))
+    image = ax.imshow(data, cmap=cmap)
+    ax.set_xticks(range(len(cols)), labels=list(cols), rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    finite = data[np.isfinite(data)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if np.isfinite(data[i, j]):
+                color = "black" if data[i, j] > middle else "white"
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=color)
+    fig.colorbar(image, ax=ax, label=colorbar_label, shrink=0.8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+) -> Path:
+    """One line per named (x, y) series."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker=".", label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,134 @@
+"""Corpus handling: sources of every kind, deterministic splits, shards, bad input, caching."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from lineage.domains import add_domain, bundled_domains, compute_proximity, domain_texts, is_valid
+from lineage.errors import ConflictError, LineageError
+from lineage.workspace import Workspace
+
+DOCS = [f"document {i} about cats and dogs and the garden number {i}" for i in range(300)]
+
+
+def write_txt(path: Path, docs: list[str]) -> Path:
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def test_txt_jsonl_parquet_gz_folders_and_globs(ws: Workspace, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    write_txt(src / "a.txt", DOCS[:100])
+    with gzip.open(src / "sub" / "b.jsonl.gz", "wt", encoding="utf-8") as fh:
+        for d in DOCS[100:200]:
+            fh.write(json.dumps({"body": d}) + "\n")
+    pq.write_table(pa.table({"body": DOCS[200:]}), src / "c.parquet")
+    domain, report = add_domain(ws, "mixed", [str(src)], text_field="body", valid_every=10)
+    assert report.documents == 300 and len(report.files) == 3
+    assert report.train_documents + report.valid_documents == 300
+    assert 10 <= report.valid_documents <= 55  # about 1 in 10
+    assert sorted(domain_texts(ws, "mixed", "train")) + sorted(domain_texts(ws, "mixed", "valid"))
+    assert domain.stats["words"] == report.words > 0 and domain.profile is not None
+    _, by_glob = add_domain(ws, "globbed", [str(src / "*.txt")], text_field="body")
+    assert by_glob.documents == 100
+
+
+def test_split_is_deterministic_and_content_based(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+    write_txt(tmp_path / "b.txt", [*reversed(DOCS), "one more document"])
+    add_domain(ws, "a", [tmp_path / "a.txt"], valid_every=7)
+    add_domain(ws, "b", [tmp_path / "b.txt"], valid_every=7)
+    valid_a = set(domain_texts(ws, "a", "valid"))
+    valid_b = set(domain_texts(ws, "b", "valid")) - {"one more document"}
+    assert valid_a == valid_b and valid_a  # reordering and adding do not move documents
+    assert valid_a == {d for d in DOCS if is_valid(d, valid_every=7, seed=0)}
+
+
+def test_shards_are_cut_by_size_and_registered(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+    _, report = add_domain(ws, "a", [tmp_path / "a.txt"], shard_mb=0.004, valid_every=50)
+    shards = ws.registry.shards("a", split="train")
+    assert report.shards == len(shards) >= 3
+    assert sum(s.n_documents for s in shards) == report.train_documents
+    assert all(Path(s.path).is_file() and s.profile for s in shards)
+    assert sum(s.n_bytes for s in shards) == sum(Path(s.path).stat().st_size for s in shards)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"caf\xe9 au lait\n", "not UTF-8"),
+        (b"", "no documents"),
+        (b"\n\n   \n", "no documents"),
+    ],
+)
+def test_bad_corpora_get_clear_errors_and_leave_nothing(
+    ws: Workspace, tmp_path: Path, content: bytes, message: str
+) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(LineageError, match=message):
+        add_domain(ws, "bad", [bad])
+    assert ws.registry.domains() == []
+    assert not (ws.domains_dir / "bad").exists()
+    assert not [p for p in ws.domains_dir.iterdir() if p.name.startswith(".bad")]
+
+
+def test_more_bad_input(ws: Workspace, tmp_path: Path) -> None:
+    with pytest.raises(LineageError, match="no such file"):
+        add_domain(ws, "x", [tmp_path / "missing.txt"])
+    with pytest.raises(LineageError, match="matches no file"):
+        add_domain(ws, "x", [str(tmp_path / "*.nothing")])
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(LineageError, match="unsupported file type"):
+        add_domain(ws, "x", [tmp_path / "data.csv"])
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "wrong field"}\n')
+    with pytest.raises(LineageError, match=r"bad\.jsonl:2: no string field 'text'"):
+        add_domain(ws, "x", [tmp_path / "bad.jsonl"])
+    with pytest.raises(LineageError, match="domain name"):
+        add_domain(ws, "../escape", [tmp_path / "bad.jsonl"])
+    write_txt(tmp_path / "ok.txt", DOCS[:5])
+    (tmp_path / "empty.txt").write_text("")
+    _, report = add_domain(ws, "x", [tmp_path / "ok.txt", tmp_path / "empty.txt"])
+    assert report.skipped_empty_files == [str((tmp_path / "empty.txt").resolve())]
+    with pytest.raises(ConflictError, match="already registered"):
+        add_domain(ws, "x", [tmp_path / "ok.txt"])
+
+
+def test_profiles_are_cached_by_content(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lineage.domains as domains
+
+    write_txt(tmp_path / "a.txt", DOCS)
+    add_domain(ws, "first", [tmp_path / "a.txt"])
+    stored: list[str] = []
+    real = domains._store_profile
+    monkeypatch.setattr(domains, "_store_profile", lambda *a: stored.append(a[1]) or real(*a))
+    add_domain(ws, "same-text", [tmp_path / "a.txt"])
+    assert stored == []  # every shard profile came from the cache
+    write_txt(tmp_path / "b.txt", [*DOCS, "a new document changes the last shard"])
+    add_domain(ws, "changed", [tmp_path / "b.txt"])
+    assert len(stored) >= 1
+
+
+def test_bundled_domains_proximity_is_low_off_the_diagonal(ws: Workspace) -> None:
+    from lineage.domains import bundled_domains_dir
+
+    assert bundled_domains() == ["bio", "cs", "literature"]
+    for name in bundled_domains():
+        add_domain(ws, name, [bundled_domains_dir() / name])
+    names, matrix = compute_proximity(ws)
+    assert names == ["bio", "cs", "literature"]
+    assert all(matrix[i, i] == 1.0 for i in range(3))
+    off = [matrix[i, j] for i in range(3) for j in range(3) if i != j]
+    assert all(0.05 < v < 0.4 for v in off), matrix
+    assert ws.registry.latest_proximity("overlap") is not None
