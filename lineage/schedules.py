@@ -1,0 +1,331 @@
+"""The inheritance rate α_t: how much the student trusts its teacher at step t (papers/001).
+
+Eq. 3 weighs the losses as (1 − α_t)·L_SELF + α_t·L_KI. The paper's schedules (§2, §3.1):
+
+- ``linear`` α_t = max(1 − α_T·t/T, 0): guidance fades out and ends at step T/α_T (the paper's
+  choice; Table 6 states the guided duration G, i.e. α_T = T/G);
+- ``heaviside`` α_t = 1 before a switch step, 0 from it on;
+- ``constant`` α_t = c (the paper's "1 : 1" is c = 0.5).
+
+``auto`` goes beyond the paper, whose limitation (1) is that α_T must be guessed: it holds α at
+its base (a linear schedule, or 1) while the teacher is better on held-out data and anneals α
+to 0 once the student has surpassed it (``AutoInheritance``). Everything here is pure or, for
+``AutoInheritance``, stateful without I/O; the trainer logs the events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SCHEDULE_KINDS",
+    "AutoInheritance",
+    "InheritanceEvent",
+    "InheritanceSchedule",
+    "guided_steps_for",
+    "inheritance_rate",
+]
+
+SCHEDULE_KINDS = ("linear", "heaviside", "constant", "auto")
+
+# papers/001 App. B, Table 6: steps of teacher-guided learning, all runs 125k steps in total
+# (§3.1 "All models are pre-trained for 125k steps"). Rows: (teacher layers, student layers,
+# guided steps, total steps, the pair). Keyed by depth only, so the width ablation
+# (RoBERTa_D_d → BASE, 12 → 12 layers, 28k–85k) is left out — depth cannot tell those apart —
+# and so are the GPT rows, whose students' total steps the paper does not state.
+_TABLE6: tuple[tuple[int, int, int, int, str], ...] = (
+    (4, 12, 22_000, 125_000, "RoBERTa_H_4 → BASE"),
+    (6, 12, 35_000, 125_000, "RoBERTa_H_6 → BASE"),
+    (8, 12, 55_000, 125_000, "RoBERTa_H_8 → BASE"),
+    (9, 12, 35_000, 125_000, "RoBERTa_MEDIUM (9 layers, width 576) → BASE"),
+    (10, 12, 65_000, 125_000, "RoBERTa_H_10 → BASE"),
+    (12, 18, 55_000, 125_000, "RoBERTa_BASE → BASE_PLUS"),
+    (12, 24, 40_000, 125_000, "RoBERTa_BASE → LARGE"),
+    (18, 24, 65_000, 125_000, "RoBERTa_BASE_PLUS → LARGE"),
+)
+# Other depth pairs: the guided fraction G/T as a function of the depth ratio teacher/student,
+# read off the depth ablation H_4..H_10 → BASE (the rows where only the teacher's depth
+# changes): 22k, 35k, 55k, 65k of 125k. (0, 0): no teacher, no guidance. Past the last point
+# the paper has no evidence, so the fraction stays at its last value.
+_DEPTH_RATIO_TO_FRACTION: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0),
+    (4 / 12, 22 / 125),
+    (6 / 12, 35 / 125),
+    (8 / 12, 55 / 125),
+    (10 / 12, 65 / 125),
+)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_step(step: object) -> int:
+    if not _is_int(step) or step < 0:  # type: ignore[operator]
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    return step  # type: ignore[return-value]
+
+
+def guided_steps_for(teacher_layers: int, student_layers: int, total_steps: int) -> int:
+    """Default teacher-guided duration G (papers/001 Table 6) for a run of ``total_steps``.
+
+    A depth pair listed in Table 6 gets its own ratio G/T; any other pair the ratio
+    interpolated over the depth ratio teacher/student (deeper teachers guide longer).
+    Returns an int in [1, total_steps].
+    """
+    for name, value in (("teacher_layers", teacher_layers), ("student_layers", student_layers)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not _is_int(total_steps) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    fractions = [
+        g / t for tl, sl, g, t, _ in _TABLE6 if (tl, sl) == (teacher_layers, student_layers)
+    ]
+    if fractions:
+        fraction = fractions[0]
+    else:
+        ratio = teacher_layers / student_layers
+        points = _DEPTH_RATIO_TO_FRACTION
+        fraction = points[-1][1]
+        for (r0, f0), (r1, f1) in itertools.pairwise(points):
+            if ratio <= r1:
+                fraction = f0 + (f1 - f0) * (ratio - r0) / (r1 - r0)
+                break
+    return min(max(round(fraction * total_steps), 1), total_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InheritanceSchedule:
+    """A planned inheritance-rate schedule; plans and the trainer store it (``to_dict``)."""
+
+    kind: str  # one of SCHEDULE_KINDS
+    total_steps: int  # T, the student's planned number of training steps
+    alpha_T: float | None = None  # linear (auto: optional base): guidance ends at step T/α_T
+    guided_steps: int | None = None  # linear (auto: optional base): instead of α_T, ends at G
+    switch_step: int | None = None  # heaviside: α = 1 before this step, 0 from it on
+    constant: float = 0.5  # constant: α at every step (paper's 1 : 1 = 0.5)
+    margin: float = 0.0  # auto: student PPL must be below teacher PPL × (1 − margin) ...
+    patience: int = 1  # auto: ... at this many consecutive observations
+    anneal_steps: int | None = None  # auto: steps from surpassing to α = 0 (None: T // 10)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"unknown schedule {self.kind!r} (known: {', '.join(SCHEDULE_KINDS)})")
+        if not _is_int(self.total_steps) or self.total_steps < 1:
+            raise ValueError(f"total_steps must be an integer >= 1, got {self.total_steps!r}")
+        if self.alpha_T is not None and not (math.isfinite(self.alpha_T) and self.alpha_T > 0):
+            raise ValueError(f"alpha_T must be a positive number, got {self.alpha_T!r}")
+        if self.guided_steps is not None and (
+            not _is_int(self.guided_steps) or self.guided_steps < 1
+        ):
+            raise ValueError(f"guided_steps must be an integer >= 1, got {self.guided_steps!r}")
+        slope_given = (self.alpha_T is not None) + (self.guided_steps is not None)
+        if slope_given == 2:
+            raise ValueError("give alpha_T or guided_steps, not both (alpha_T = T / guided_steps)")
+        if self.kind == "linear" and slope_given == 0:
+            raise ValueError("the linear schedule needs alpha_T or guided_steps")
+        if self.kind in ("heaviside", "constant") and slope_given:
+            raise ValueError(f"alpha_T / guided_steps do not apply to the {self.kind} schedule")
+        if self.kind == "heaviside":
+            if not _is_int(self.switch_step) or self.switch_step < 0:  # type: ignore[operator]
+                raise ValueError(f"heaviside needs switch_step >= 0, got {self.switch_step!r}")
+        elif self.switch_step is not None:
+            raise ValueError(f"switch_step applies only to heaviside, not {self.kind}")
+        if not 0.0 <= self.constant <= 1.0:
+            raise ValueError(f"constant must lie in [0, 1], got {self.constant!r}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"margin must lie in [0, 1), got {self.margin!r}")
+        if not _is_int(self.patience) or self.patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
+        if self.anneal_steps is not None and (
+            not _is_int(self.anneal_steps) or self.anneal_steps < 1
+        ):
+            raise ValueError(f"anneal_steps must be an integer >= 1, got {self.anneal_steps!r}")
+
+    def rate(self, step: int) -> float:
+        """α_t at ``step`` (>= 0; past ``total_steps`` the formula carries on).
+
+        For ``auto`` this is the base rate, before any observation: ``AutoInheritance`` gives
+        the adaptive one.
+        """
+        t = _check_step(step)
+        if self.kind == "heaviside":
+            assert self.switch_step is not None
+            return 1.0 if t < self.switch_step else 0.0
+        if self.kind == "constant":
+            return float(self.constant)
+        if self.guided_steps is not None:
+            return max(1.0 - t / self.guided_steps, 0.0)
+        if self.alpha_T is not None:
+            return max(1.0 - self.alpha_T * t / self.total_steps, 0.0)
+        return 1.0  # auto without a linear base
+
+    @property
+    def guidance_end(self) -> int:
+        """The step from which α_t = 0 for the rest of the run (``total_steps`` if it never is).
+
+        For ``auto`` it is the base's end: an upper bound, the student may surpass earlier.
+        """
+        if self.kind == "heaviside":
+            assert self.switch_step is not None
+            end = self.switch_step
+        elif self.kind == "constant":
+            end = 0 if self.constant == 0 else self.total_steps
+        elif self.guided_steps is not None:
+            end = self.guided_steps
+        elif self.alpha_T is not None:
+            end = math.ceil(self.total_steps / self.alpha_T)
+        else:
+            end = self.total_steps
+        return min(end, self.total_steps)
+
+    @property
+    def anneal_length(self) -> int:
+        """Auto: steps from surpassing the teacher to α = 0."""
+        return (
+            self.anneal_steps if self.anneal_steps is not None else max(self.total_steps // 10, 1)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InheritanceSchedule:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown schedule fields: {', '.join(sorted(unknown))}")
+        if "kind" not in data or "total_steps" not in data:
+            raise ValueError("a schedule needs at least kind and total_steps")
+        return cls(**data)
+
+
+def inheritance_rate(
+    step: int,
+    *,
+    schedule: str = "linear",
+    total_steps: int,
+    alpha_T: float | None = None,
+    guided_steps: int | None = None,
+    switch_step: int | None = None,
+    constant: float = 0.5,
+) -> float:
+    """α_t at ``step`` for the paper's schedules (``linear``, ``heaviside``, ``constant``).
+
+    linear: max(1 − α_T·t/T, 0), or with ``guided_steps`` G: max(1 − t/G, 0) (α_T = T/G).
+    """
+    if schedule == "auto":
+        raise ValueError("the auto schedule depends on observations: use AutoInheritance")
+    plan = InheritanceSchedule(
+        kind=schedule,
+        total_steps=total_steps,
+        alpha_T=alpha_T,
+        guided_steps=guided_steps,
+        switch_step=switch_step,
+        constant=constant,
+    )
+    return plan.rate(step)
+
+
+@dataclass(frozen=True)
+class InheritanceEvent:
+    """A change in an auto schedule's state, for the trainer to log."""
+
+    step: int
+    reason: str  # "student_ahead" (a streak begins), "streak_reset", "anneal_start"
+    student_ppl: float
+    teacher_ppl: float
+
+
+@dataclass
+class _AutoState:
+    streak: int = 0  # consecutive observations with the student ahead
+    anneal_start: int | None = None  # step at which annealing began
+    last_step: int | None = None  # last observed step
+    events: list[InheritanceEvent] = field(default_factory=list)
+
+
+class AutoInheritance:
+    """Adaptive α_t for one teacher: base rate while the teacher is better, then a linear
+    anneal to 0 over ``anneal_length`` steps once the student has surpassed it.
+
+    The trainer calls ``observe`` at evaluation intervals with both models' perplexities on a
+    held-out sample of that teacher's shards, and ``rate`` every step. Once begun, the anneal
+    is final. α never drops by more than 1/anneal_length per step beyond the base's own slope.
+    """
+
+    def __init__(self, schedule: InheritanceSchedule) -> None:
+        if schedule.kind != "auto":
+            raise ValueError(f"AutoInheritance needs an auto schedule, got {schedule.kind!r}")
+        self.schedule = schedule
+        self._state = _AutoState()
+
+    @property
+    def events(self) -> tuple[InheritanceEvent, ...]:
+        return tuple(self._state.events)
+
+    @property
+    def anneal_start(self) -> int | None:
+        return self._state.anneal_start
+
+    def observe(self, step: int, student_ppl: float, teacher_ppl: float) -> InheritanceEvent | None:
+        """Record an evaluation at ``step``; returns the event it caused, if any."""
+        t = _check_step(step)
+        st = self._state
+        if st.last_step is not None and t <= st.last_step:
+            raise ValueError(f"observations must move forward: step {t} after {st.last_step}")
+        for name, ppl in (("student_ppl", student_ppl), ("teacher_ppl", teacher_ppl)):
+            if math.isnan(ppl) or ppl <= 0:
+                raise ValueError(f"{name} must be a positive number, got {ppl!r}")
+        st.last_step = t
+        if st.anneal_start is not None:
+            return None
+        ahead = student_ppl < teacher_ppl * (1.0 - self.schedule.margin)
+        reason: str | None = None
+        if ahead:
+            st.streak += 1
+            if st.streak >= self.schedule.patience:
+                st.anneal_start, reason = t, "anneal_start"
+            elif st.streak == 1:
+                reason = "student_ahead"
+        elif st.streak:
+            st.streak, reason = 0, "streak_reset"
+        if reason is None:
+            return None
+        event = InheritanceEvent(t, reason, float(student_ppl), float(teacher_ppl))
+        st.events.append(event)
+        return event
+
+    def rate(self, step: int) -> float:
+        """α_t: the base rate, capped after the anneal start by a linear ramp to 0."""
+        base = self.schedule.rate(step)
+        start = self._state.anneal_start
+        if start is None or step <= start:
+            return base
+        ramp = max(1.0 - (step - start) / self.schedule.anneal_length, 0.0)
+        return min(base, self.schedule.rate(start) * ramp)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain (JSON-ready) state for an exact resume."""
+        st = self._state
+        return {
+            "schedule": self.schedule.to_dict(),
+            "streak": st.streak,
+            "anneal_start": st.anneal_start,
+            "last_step": st.last_step,
+            "events": [dataclasses.asdict(e) for e in st.events],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if InheritanceSchedule.from_dict(state["schedule"]) != self.schedule:
+            raise ValueError("state was saved for a different schedule")
+        self._state = _AutoState(
+            streak=int(state["streak"]),
+            anneal_start=state["anneal_start"],
+            last_step=state["last_step"],
+            events=[InheritanceEvent(**e) for e in state["events"]],
+        )

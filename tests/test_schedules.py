@@ -1,0 +1,220 @@
+"""Inheritance-rate schedules: the paper's formulas, Table 6 defaults, and the auto schedule."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from lineage.schedules import (
+    AutoInheritance,
+    InheritanceSchedule,
+    guided_steps_for,
+    inheritance_rate,
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "alpha_T", "expected"),
+    [
+        (0, 3.0, 1.0),
+        (100, 3.0, 1.0 - 3.0 * 100 / 1000),
+        (250, 2.0, 0.5),
+        (333, 3.0, 1.0 - 0.999),
+        (500, 2.0, 0.0),  # guidance ends at T / α_T = 500
+        (900, 2.0, 0.0),  # clamped at 0, never negative
+        (1000, 0.5, 0.5),  # α_T < 1: guidance outlasts the run
+    ],
+)
+def test_linear_formula(step: int, alpha_T: float, expected: float) -> None:
+    got = inheritance_rate(step, schedule="linear", total_steps=1000, alpha_T=alpha_T)
+    assert got == pytest.approx(expected)
+
+
+def test_linear_paper_example() -> None:
+    # MEDIUM → BASE: 35k guided steps of 125k, i.e. α_T = 125/35.
+    alpha_T = 125 / 35
+    assert inheritance_rate(0, total_steps=125_000, alpha_T=alpha_T) == 1.0
+    assert inheritance_rate(17_500, total_steps=125_000, alpha_T=alpha_T) == pytest.approx(0.5)
+    assert inheritance_rate(35_000, total_steps=125_000, alpha_T=alpha_T) == pytest.approx(0.0)
+    assert inheritance_rate(60_000, total_steps=125_000, alpha_T=alpha_T) == 0.0
+
+
+@pytest.mark.parametrize("guided", [1, 7, 350, 1000, 4000])
+def test_guided_steps_equals_alpha_T(guided: int) -> None:
+    total = 1000
+    for step in (0, 1, 5, 100, 349, 350, 999, 1000):
+        by_g = inheritance_rate(step, total_steps=total, guided_steps=guided)
+        by_a = inheritance_rate(step, total_steps=total, alpha_T=total / guided)
+        assert by_g == pytest.approx(by_a, abs=1e-12)
+    sched = InheritanceSchedule(kind="linear", total_steps=total, guided_steps=guided)
+    assert sched.guidance_end == min(guided, total)
+    assert sched.rate(sched.guidance_end) == (0.0 if guided <= total else sched.rate(total))
+
+
+def test_linear_is_monotone_with_constant_slope() -> None:
+    sched = InheritanceSchedule(kind="linear", total_steps=200, alpha_T=2.5)
+    rates = [sched.rate(t) for t in range(201)]
+    drops = [a - b for a, b in itertools.pairwise(rates)]
+    assert all(d >= 0 for d in drops)
+    assert max(drops) == pytest.approx(2.5 / 200)
+    assert sched.guidance_end == 80
+
+
+def test_heaviside_switch() -> None:
+    kw = {"schedule": "heaviside", "total_steps": 100, "switch_step": 35}
+    assert [inheritance_rate(t, **kw) for t in (0, 34, 35, 36, 100)] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert InheritanceSchedule(kind="heaviside", total_steps=100, switch_step=35).guidance_end == 35
+    assert inheritance_rate(0, schedule="heaviside", total_steps=100, switch_step=0) == 0.0
+
+
+def test_constant() -> None:
+    assert inheritance_rate(0, schedule="constant", total_steps=10) == 0.5  # paper's 1 : 1
+    assert inheritance_rate(7, schedule="constant", total_steps=10, constant=0.2) == 0.2
+    assert InheritanceSchedule(kind="constant", total_steps=10, constant=0.0).guidance_end == 0
+    assert InheritanceSchedule(kind="constant", total_steps=10).guidance_end == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"schedule": "cosine", "total_steps": 10, "alpha_T": 1.0}, "unknown schedule"),
+        ({"total_steps": 10}, "needs alpha_T or guided_steps"),
+        ({"total_steps": 10, "alpha_T": 1.0, "guided_steps": 5}, "not both"),
+        ({"total_steps": 0, "alpha_T": 1.0}, "total_steps"),
+        ({"total_steps": 10, "alpha_T": 0.0}, "alpha_T"),
+        ({"total_steps": 10, "alpha_T": math.inf}, "alpha_T"),
+        ({"total_steps": 10, "guided_steps": 0}, "guided_steps"),
+        ({"total_steps": 10, "guided_steps": 2.5}, "guided_steps"),
+        ({"schedule": "heaviside", "total_steps": 10}, "switch_step"),
+        ({"schedule": "heaviside", "total_steps": 10, "switch_step": -1}, "switch_step"),
+        ({"schedule": "heaviside", "total_steps": 10, "switch_step": 3, "alpha_T": 1.0}, "apply"),
+        ({"schedule": "constant", "total_steps": 10, "constant": 1.5}, "constant"),
+        ({"schedule": "constant", "total_steps": 10, "switch_step": 3}, "heaviside"),
+        ({"schedule": "auto", "total_steps": 10}, "AutoInheritance"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        inheritance_rate(1, **kwargs)
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, True])
+def test_bad_step(step: object) -> None:
+    with pytest.raises(ValueError, match="step"):
+        inheritance_rate(step, total_steps=10, alpha_T=1.0)  # type: ignore[arg-type]
+
+
+def test_schedule_dict_round_trip() -> None:
+    for sched in (
+        InheritanceSchedule(kind="linear", total_steps=125_000, guided_steps=35_000),
+        InheritanceSchedule(kind="heaviside", total_steps=100, switch_step=35),
+        InheritanceSchedule(kind="auto", total_steps=500, alpha_T=1.5, margin=0.02, patience=2),
+    ):
+        again = InheritanceSchedule.from_dict(json.loads(json.dumps(sched.to_dict())))
+        assert again == sched
+    with pytest.raises(ValueError, match="unknown schedule fields"):
+        InheritanceSchedule.from_dict({"kind": "constant", "total_steps": 3, "slope": 1})
+    with pytest.raises(ValueError, match="kind and total_steps"):
+        InheritanceSchedule.from_dict({"kind": "constant"})
+
+
+def test_guided_steps_for_table6() -> None:
+    assert guided_steps_for(9, 12, 125_000) == 35_000  # MEDIUM → BASE
+    assert guided_steps_for(4, 12, 125_000) == 22_000  # H_4 → BASE
+    assert guided_steps_for(12, 24, 125_000) == 40_000  # BASE → LARGE
+    assert guided_steps_for(18, 24, 125_000) == 65_000  # BASE_PLUS → LARGE
+    assert guided_steps_for(9, 12, 1_000) == 280  # the same ratio at another length
+    # Between the depth-ablation points, and deeper teachers guide longer.
+    assert guided_steps_for(5, 12, 125_000) == 28_500
+    series = [guided_steps_for(h, 12, 10_000) for h in (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12)]
+    assert series == sorted(series)
+    assert guided_steps_for(12, 12, 1000) == 520  # beyond the evidence: the last fraction
+    assert guided_steps_for(1, 200, 10) == 1  # at least one step
+    with pytest.raises(ValueError, match="teacher_layers"):
+        guided_steps_for(0, 12, 100)
+    with pytest.raises(ValueError, match="total_steps"):
+        guided_steps_for(6, 12, 0)
+
+
+def _auto(**kw: object) -> AutoInheritance:
+    args: dict = {"kind": "auto", "total_steps": 1000, "anneal_steps": 50} | kw
+    return AutoInheritance(InheritanceSchedule(**args))
+
+
+def test_auto_stays_at_base_while_teacher_better() -> None:
+    flat, linear = _auto(), _auto(guided_steps=800)
+    for step in range(0, 600, 20):
+        flat.observe(step, student_ppl=20.0 - step / 100, teacher_ppl=12.0)
+        linear.observe(step, student_ppl=20.0 - step / 100, teacher_ppl=12.0)
+    assert flat.anneal_start is None and flat.events == ()
+    assert all(flat.rate(t) == 1.0 for t in range(1000))
+    assert all(linear.rate(t) == linear.schedule.rate(t) for t in range(1000))
+
+
+@pytest.mark.parametrize("base", [{}, {"alpha_T": 1.25}])
+def test_auto_anneals_smoothly_after_surpassing(base: dict) -> None:
+    auto = _auto(patience=2, **base)
+    ppl = {0: 30.0, 100: 15.0, 200: 9.0, 300: 11.0, 400: 9.5, 500: 9.0}
+    for step, student in ppl.items():
+        auto.observe(step, student_ppl=student, teacher_ppl=10.0)
+    assert [e.reason for e in auto.events] == [
+        "student_ahead",
+        "streak_reset",
+        "student_ahead",
+        "anneal_start",
+    ]
+    assert auto.anneal_start == 500
+    rates = [auto.rate(t) for t in range(1001)]
+    assert rates[500] == auto.schedule.rate(500)  # no cliff at the switch
+    drops = [a - b for a, b in itertools.pairwise(rates)]
+    assert all(d >= -1e-12 for d in drops)  # never rises
+    assert max(drops) <= 1 / 50 + 1e-12  # no step drops by more than 1 / anneal_steps
+    assert rates[550] == 0.0 and rates[549] > 0.0
+    assert all(r == 0.0 for r in rates[550:])
+
+
+def test_auto_margin_and_once_annealed_stays() -> None:
+    auto = _auto(margin=0.1)
+    auto.observe(10, student_ppl=9.5, teacher_ppl=10.0)  # ahead, but not by 10 %
+    assert auto.anneal_start is None
+    auto.observe(20, student_ppl=8.9, teacher_ppl=10.0)
+    assert auto.anneal_start == 20
+    assert auto.observe(30, student_ppl=50.0, teacher_ppl=10.0) is None  # the anneal is final
+    assert auto.rate(100) == 0.0
+
+
+def test_auto_bad_observations() -> None:
+    auto = _auto()
+    auto.observe(10, 5.0, 6.0)
+    with pytest.raises(ValueError, match="move forward"):
+        auto.observe(10, 5.0, 6.0)
+    with pytest.raises(ValueError, match="student_ppl"):
+        auto.observe(20, float("nan"), 6.0)
+    with pytest.raises(ValueError, match="teacher_ppl"):
+        auto.observe(20, 5.0, 0.0)
+    with pytest.raises(ValueError, match="auto schedule"):
+        AutoInheritance(InheritanceSchedule(kind="constant", total_steps=10))
+
+
+def test_auto_resume_gives_identical_rates() -> None:
+    observations = [(s, 20.0 - s / 80, 12.0) for s in range(0, 1000, 25)]
+    straight = _auto(alpha_T=0.8, patience=3, margin=0.05)
+    for obs in observations:
+        straight.observe(*obs)
+    first = _auto(alpha_T=0.8, patience=3, margin=0.05)
+    for obs in observations[:29]:  # stop mid-streak: ahead at 700, patience 3
+        first.observe(*obs)
+    saved = json.loads(json.dumps(first.state_dict()))
+    resumed = _auto(alpha_T=0.8, patience=3, margin=0.05)
+    resumed.load_state_dict(saved)
+    for obs in observations[29:]:
+        resumed.observe(*obs)
+    assert first.state_dict()["streak"] == 1
+    assert straight.anneal_start == 750
+    assert resumed.events == straight.events
+    assert [resumed.rate(t) for t in range(1001)] == [straight.rate(t) for t in range(1001)]
+    with pytest.raises(ValueError, match="different schedule"):
+        _auto(alpha_T=0.9).load_state_dict(saved)
