@@ -273,17 +273,22 @@ class AutoInheritance:
         return self._state.anneal_start
 
     def observe(self, step: int, student_ppl: float, teacher_ppl: float) -> InheritanceEvent | None:
-        """Record an evaluation at ``step``; returns the event it caused, if any."""
+        """Record an evaluation at ``step``; returns the event it caused, if any.
+
+        A second observation at the last observed step (a resumed run re-evaluating its last
+        step) is ignored, so resuming never counts one evaluation twice.
+        """
         t = _check_step(step)
-        st = self._state
-        if st.last_step is not None and t <= st.last_step:
-            raise ValueError(f"observations must move forward: step {t} after {st.last_step}")
         for name, ppl in (("student_ppl", student_ppl), ("teacher_ppl", teacher_ppl)):
             if math.isnan(ppl) or ppl <= 0:
                 raise ValueError(f"{name} must be a positive number, got {ppl!r}")
-        st.last_step = t
-        if st.anneal_start is not None:
+        st = self._state
+        if st.last_step is not None and t < st.last_step:
+            raise ValueError(f"observations must move forward: step {t} after {st.last_step}")
+        if t == st.last_step or st.anneal_start is not None:
+            st.last_step = t
             return None
+        st.last_step = t
         ahead = student_ppl < teacher_ppl * (1.0 - self.schedule.margin)
         reason: str | None = None
         if ahead:

@@ -187,10 +187,12 @@ def test_auto_margin_and_once_annealed_stays() -> None:
 
 
 def test_auto_bad_observations() -> None:
-    auto = _auto()
-    auto.observe(10, 5.0, 6.0)
+    auto = _auto(patience=2)
+    assert auto.observe(10, 5.0, 6.0) is not None
+    assert auto.observe(10, 5.0, 6.0) is None  # a re-evaluation of the same step counts once
+    assert auto.anneal_start is None
     with pytest.raises(ValueError, match="move forward"):
-        auto.observe(10, 5.0, 6.0)
+        auto.observe(9, 5.0, 6.0)
     with pytest.raises(ValueError, match="student_ppl"):
         auto.observe(20, float("nan"), 6.0)
     with pytest.raises(ValueError, match="teacher_ppl"):
