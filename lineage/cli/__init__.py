@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli import db, domain, edge, model
+from lineage.cli import db, domain, edge, model, tokenizer
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
 from lineage.graph import FORMATS, render
@@ -18,6 +18,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(model.app, name="model")
 app.add_typer(domain.app, name="domain")
 app.add_typer(edge.app, name="edge")
+app.add_typer(tokenizer.app, name="tokenizer")
 
 
 @app.callback()

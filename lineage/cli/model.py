@@ -9,6 +9,8 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
+from lineage.lifecycle import DEFAULT_BLOCK_SIZE, create_workspace_model, evaluate_model
+from lineage.modeling import FAMILIES, PRESETS, ModelShape
 
 app = make_app("Models: Hugging Face checkpoints in the registry.")
 
@@ -115,3 +117,76 @@ def remove(
     """Remove a model from the registry (its files stay where they are)."""
     workspace(ctx).registry.remove_model(name, force=force)
     console.print(f"Removed {name}")
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: str,
+    family: Annotated[str, typer.Option(help=f"One of {', '.join(FAMILIES)}.")],
+    tokenizer: Annotated[
+        str, typer.Option(help="A registered tokenizer (see `lineage tokenizer list`).")
+    ],
+    preset: Annotated[
+        str | None, typer.Option(help=f"A named shape: {', '.join(PRESETS)}.")
+    ] = None,
+    layers: Annotated[int | None, typer.Option(help="Transformer blocks.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="d_model.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
+    ffn: Annotated[int | None, typer.Option(help="Feed-forward size (default 4 x hidden).")] = None,
+    kv_heads: Annotated[int | None, typer.Option(help="Key/value heads (llama GQA).")] = None,
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+    max_positions: Annotated[int, typer.Option(help="Longest sequence the model accepts.")] = 512,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a randomly initialised model (safetensors) from a preset or explicit shape."""
+    if preset is not None:
+        shape: ModelShape | str = preset
+    elif layers and hidden and heads:
+        shape = ModelShape(
+            layers=layers, hidden=hidden, heads=heads, ffn=ffn or 4 * hidden, kv_heads=kv_heads
+        )
+    else:
+        raise typer.BadParameter("give --preset, or --layers, --hidden and --heads")
+    model = create_workspace_model(
+        workspace(ctx),
+        name,
+        family=family,
+        shape=shape,
+        tokenizer=tokenizer,
+        seed=seed,
+        max_positions=max_positions,
+    )
+    if as_json:
+        emit_json(model.to_dict())
+    else:
+        console.print(
+            f"Created [bold]{model.name}[/]: {model.family}, {model.n_params:,} parameters at {model.path}"
+        )
+
+
+@app.command("eval")
+def eval_(
+    ctx: typer.Context,
+    name: str,
+    domain: Annotated[
+        list[str], typer.Option("--domain", "-d", help="Domain to evaluate on (repeat).")
+    ],
+    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = DEFAULT_BLOCK_SIZE,
+    max_blocks: Annotated[
+        int | None, typer.Option(help="Evaluate on at most this many blocks.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Perplexity on domains' valid splits (MLM: fixed-mask pseudo-perplexity); stored."""
+    evals = evaluate_model(
+        workspace(ctx), name, domain, block_size=block_size, max_blocks=max_blocks
+    )
+    if as_json:
+        emit_json([e.to_dict() for e in evals])
+        return
+    table(
+        f"{name}: perplexity",
+        ["domain", "loss", "ppl", "tokens"],
+        [(e.domain, f"{e.loss:.4f}", f"{e.ppl:.2f}", e.n_tokens) for e in evals],
+    )
