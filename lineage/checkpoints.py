@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class TrainingState:
 def capture_rng() -> tuple[dict[str, Any], dict[str, Any]]:
     """(JSON-able python/numpy states, tensor states for torch CPU and CUDA generators)."""
     py = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())
     plain = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],

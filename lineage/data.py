@@ -299,7 +299,7 @@ class BlockShard:
         return Batch(input_ids=masked, labels=labels, shard=self.name, teacher=self.teacher)
 
 
-def _mix(*parts: int) -> int:
+def _mix(*parts: int | str) -> int:
     """A 63-bit seed from integers (stable across processes, unlike hash())."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1

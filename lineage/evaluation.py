@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 
 from lineage.data import IGNORE_INDEX, causal_targets, mlm_mask
 from lineage.errors import LineageError
@@ -85,7 +87,8 @@ def evaluate(
     blocks = blocks[:max_blocks] if max_blocks is not None else blocks
     if len(blocks) == 0:
         raise LineageError("no blocks to evaluate on")
-    lm = model.module if hasattr(model, "module") else model  # a DDP wrapper: its module
+    # A DDP wrapper: score its module (no gradient sync needed).
+    lm = cast(PreTrainedModel, model.module if hasattr(model, "module") else model)
     check_vocab(lm, int(np.max(blocks)) + 1, "the evaluation data")
     device = torch.device(device) if device is not None else _model_device(lm)
     head = TargetLogits(lm)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +107,8 @@ def build_config(
         raise LineageError("max_positions must be >= 2")
     if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
         raise LineageError("grouped-query attention (kv_heads) is only supported for llama")
-    ids = {
+    ids: dict[str, Any] = {
+        "attn_implementation": "sdpa",
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
@@ -124,7 +126,6 @@ def build_config(
             max_position_embeddings=max_positions + extra,
             type_vocab_size=1 if family == "roberta" else 2,
             architectures=[f"{cls.__name__.removesuffix('Config')}ForMaskedLM"],
-            attn_implementation="sdpa",
             **ids,
         )
     if family == "gpt2":
@@ -135,7 +136,6 @@ def build_config(
             n_inner=s.ffn,
             n_positions=max_positions,
             architectures=["GPT2LMHeadModel"],
-            attn_implementation="sdpa",
             **ids,
         )
     return LlamaConfig(
@@ -146,12 +146,11 @@ def build_config(
         intermediate_size=s.ffn,
         max_position_embeddings=max_positions,
         architectures=["LlamaForCausalLM"],
-        attn_implementation="sdpa",
         **ids,
     )
 
 
-def _auto_class(objective: str) -> type:
+def _auto_class(objective: str) -> Any:
     return AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
 
 
@@ -192,9 +191,20 @@ def tokenizer_vocab_size(model_dir: Path) -> int | None:
     return max(ids) + 1 if ids else None
 
 
-def check_vocab(model: PreTrainedModel, n_tokens: int, what: str = "the tokenizer") -> None:
+def embedding_rows(model: nn.Module, output: bool = False) -> int:
+    """Rows of a Hugging Face model's input (or output) embedding: the ids it can take."""
+    lm = cast(PreTrainedModel, model)
+    layer = lm.get_output_embeddings() if output else lm.get_input_embeddings()
+    if layer is None:
+        raise LineageError(
+            f"{type(model).__name__} has no {'output' if output else 'input'} embedding"
+        )
+    return int(cast(nn.Linear, layer).weight.shape[0])
+
+
+def check_vocab(model: nn.Module, n_tokens: int, what: str = "the tokenizer") -> None:
     """LineageError if ids up to ``n_tokens - 1`` do not fit the model's embedding."""
-    rows = model.get_input_embeddings().num_embeddings
+    rows = embedding_rows(model)
     if n_tokens > rows:
         raise LineageError(
             f"vocabulary mismatch: {what} has {n_tokens} token ids but the model's embedding "

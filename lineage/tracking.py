@@ -201,7 +201,8 @@ class MlflowTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
             src = resolve_dataset_source(str(source))
-        dataset = MetaDataset(src, name=name, digest=digest[:36])
+        # MLflow keeps at most 36 characters of a digest.
+        dataset = MetaDataset(src, name=name, digest=digest[:36])  # type: ignore[abstract]
         tag = InputTag("mlflow.data.context", context)
         self._client.log_inputs(
             self._run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])]

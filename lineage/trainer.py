@@ -15,17 +15,19 @@ weights bit for bit as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from lineage.checkpoints import (
     TrainingState,
@@ -38,7 +40,7 @@ from lineage.data import IGNORE_INDEX, Batch
 from lineage.errors import LineageError
 from lineage.evaluation import EvalResult, evaluate
 from lineage.losses import KILoss, ki_loss
-from lineage.modeling import TargetLogits, check_vocab
+from lineage.modeling import TargetLogits, check_vocab, embedding_rows
 from lineage.tokenizer import TokenizerInfo
 from lineage.tracking import NullTracker, Tracker
 
@@ -133,7 +135,8 @@ def linear_warmup_decay(steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on biases and norm weights (ndim < 2)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
@@ -161,12 +164,6 @@ def _make_accelerator(config: TrainConfig) -> Any:
         )
     except ValueError as exc:  # the process-wide state was set up with another precision
         raise LineageError(f"cannot set up Accelerate: {exc}") from exc
-
-
-def _digest(blocks: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(blocks).tobytes()).hexdigest()
 
 
 def _tokenizer_info(tokenizer: Any, sampler: Any) -> TokenizerInfo | None:
@@ -204,6 +201,7 @@ class _Loop:
     """The state of one ``train`` call; methods are the phases of a step."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, sampler: Any, **kw: Any) -> None:
+        """``kw``: :func:`train`'s keyword arguments that describe the run."""
         self.config = config
         self.sampler = sampler
         self.objective: str = kw["objective"]
@@ -215,8 +213,8 @@ class _Loop:
         self.acc = kw["accelerator"] or _make_accelerator(config)
         self.main = bool(self.acc.is_main_process)
         self.tracker: Tracker = kw["tracker"] if self.main else NullTracker()
-        self.model = model  # the unwrapped Hugging Face model
-        self.vocab = model.get_input_embeddings().num_embeddings
+        self.model = cast(PreTrainedModel, model)  # the unwrapped Hugging Face model
+        self.vocab = embedding_rows(model)
         self.teachers = dict(kw["online_teachers"] or {})
         self.teacher_ppl: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
@@ -238,6 +236,8 @@ class _Loop:
             raise LineageError("MLM evaluation needs the tokenizer (for its mask token)")
         for name, blocks in self.eval_sets.items():
             check_vocab(self.model, int(np.max(blocks)) + 1, f"eval set {name!r}")
+        if self.acc.gradient_accumulation_steps != self.config.grad_accum:
+            raise LineageError("the accelerator's gradient_accumulation_steps != grad_accum")
         ranks = (getattr(self.sampler, "rank", 0), getattr(self.sampler, "world_size", 1))
         if ranks != (self.acc.process_index, self.acc.num_processes):
             raise LineageError(
@@ -254,11 +254,11 @@ class _Loop:
             if hasattr(schedule, "observe") and name not in self.auto_samples:
                 raise LineageError(f"automatic schedule for {name!r} needs a held-out sample")
         for name, teacher in self.teachers.items():
-            rows = teacher.get_output_embeddings().weight.shape[0]
-            if rows != self.model.get_output_embeddings().weight.shape[0]:
+            rows, own = embedding_rows(teacher, output=True), embedding_rows(self.model, True)
+            if rows != own:
                 raise LineageError(
-                    f"online teacher {name!r} predicts {rows} tokens, the student "
-                    f"{self.model.get_output_embeddings().weight.shape[0]}: vocabularies differ"
+                    f"online teacher {name!r} predicts {rows} tokens, the student {own}: "
+                    "vocabularies differ"
                 )
 
     def prepare(self) -> None:
@@ -308,7 +308,8 @@ class _Loop:
         self.tracker.log_params(params)
         for name, blocks in self.eval_sets.items():
             source = str(getattr(blocks, "filename", None) or f"eval/{name}")
-            self.tracker.log_dataset(f"eval/{name}", _digest(blocks), source, context="eval")
+            digest = hashlib.sha256(np.ascontiguousarray(blocks).tobytes()).hexdigest()
+            self.tracker.log_dataset(f"eval/{name}", digest, source, context="eval")
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -444,14 +445,13 @@ class _Loop:
 
     def checkpoint(self, checkpoint_dir: Path) -> None:
         if self.main:
+            schedules = {
+                k: s.state_dict() for k, s in self.schedules.items() if hasattr(s, "state_dict")
+            }
             state = TrainingState(
-                step=self.step,
-                sampler=self.sampler.state_dict(),
-                schedules={
-                    k: s.state_dict()  # type: ignore[attr-defined]
-                    for k, s in self.schedules.items()
-                    if hasattr(s, "state_dict")
-                },
+                self.step,
+                self.sampler.state_dict(),
+                schedules,
                 run_id=self.tracker.run_id,
                 extra={"history": self.history, "teacher_ppl": self.teacher_ppl},
             )
@@ -504,7 +504,7 @@ def train(
     checkpoint_dir: Path,
     tracker: Tracker,
     schedules: Mapping[str, RateSchedule] | None = None,
-    online_teachers: Mapping[str, nn.Module] | None = None,
+    online_teachers: Mapping[str, PreTrainedModel] | None = None,
     resume: bool = False,
     progress: bool = True,
     tokenizer: Any = None,

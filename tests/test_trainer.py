@@ -312,6 +312,8 @@ def test_vocabulary_mismatch(tmp_path: Path) -> None:
         run(tiny("gpt2"), tmp_path, "clm", sampler=sampler("clm", blocks=bad, batch_size=24))
 
 
+@pytest.mark.slow  # MLflow's store setup alone takes seconds
+@pytest.mark.integration
 def test_mlflow_run_has_the_metrics(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
