@@ -1,0 +1,78 @@
+"""``lineage cache``: teachers' top-K logit caches, built once and shared by students."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lineage.cache import open_cache
+from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import app as make_app
+from lineage.lifecycle import DEFAULT_BLOCK_SIZE
+from lineage.teachers import build_caches
+
+app = make_app("Teacher logit caches: top-K predictions computed once per teacher and shard.")
+
+
+@app.command()
+def build(
+    ctx: typer.Context,
+    teacher: Annotated[str, typer.Option(help="Registered teacher model.")],
+    domain: Annotated[
+        list[str], typer.Option("--domain", "-d", help="Domain whose train shards to cache.")
+    ],
+    top_k: Annotated[
+        int, typer.Option(help="Logits kept per target position (paper: 10 is enough).")
+    ] = 10,
+    block_size: Annotated[
+        int, typer.Option(help="Tokens per block (must match training).")
+    ] = DEFAULT_BLOCK_SIZE,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the teacher once over the domains' training blocks and store its top-K logits."""
+    caches = build_caches(
+        workspace(ctx), teacher, domain, top_k=top_k, block_size=block_size, progress=not as_json
+    )
+    if as_json:
+        emit_json([c.to_dict() for c in caches])
+    else:
+        console.print(f"{len(caches)} cache(s) for {teacher}: " + ", ".join(c.path for c in caches))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    teacher: Annotated[str | None, typer.Option(help="Only this teacher's caches.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered caches."""
+    caches = workspace(ctx).registry.caches(teacher)
+    if as_json:
+        emit_json([c.to_dict() for c in caches])
+        return
+    table(
+        "logit caches",
+        ["teacher", "domain", "K", "blocks", "targets", "path"],
+        [
+            (
+                c.teacher,
+                c.domain,
+                c.top_k,
+                c.manifest.get("n_blocks"),
+                c.manifest.get("n_targets"),
+                c.path,
+            )
+            for c in caches
+        ],
+    )
+
+
+@app.command()
+def verify(path: Path) -> None:
+    """Re-hash every file of a cache against its manifest."""
+    cache = open_cache(path, verify=True)
+    console.print(
+        f"ok: {path} ({cache.manifest.n_blocks} blocks, teacher {cache.meta.teacher_name})"
+    )

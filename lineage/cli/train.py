@@ -1,0 +1,120 @@
+"""``lineage train``: self-learning, KI from a teacher, or a plan's multi-teacher KI."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
+from lineage.lifecycle import DEFAULT_BLOCK_SIZE
+from lineage.trainer import TrainConfig
+from lineage.training import TrainJob, run_training
+
+
+def train(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model to start from.")],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Name of the new model.")
+    ] = None,
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", "-d", help="Target domain (repeat).")
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="sl (self-learning) or ki (knowledge inheritance).")
+    ] = "sl",
+    teacher: Annotated[
+        list[str] | None, typer.Option("--teacher", "-t", help="KI teacher (shortcut for a plan).")
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="A stored plan (name or id): per-shard teachers.")
+    ] = None,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Inheritance schedule field, key=value: kind=linear|heaviside|constant|auto, "
+            "alpha_T, guided_steps, switch_step, constant."
+        ),
+    ] = None,
+    teacher_mode: Annotated[
+        str, typer.Option(help="cached (top-K logit cache) or online.")
+    ] = "cached",
+    top_k: Annotated[int, typer.Option(help="Teacher logits kept per target (cache).")] = 10,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[
+        float, typer.Option(help="Peak learning rate (10% warm-up, then linear decay).")
+    ] = 5e-4,
+    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = DEFAULT_BLOCK_SIZE,
+    temperature: Annotated[float, typer.Option(help="KI temperature tau.")] = 1.0,
+    eval_every: Annotated[
+        int, typer.Option(help="Evaluate every N steps (targets and sources).")
+    ] = 200,
+    eval_blocks: Annotated[int, typer.Option(help="Blocks per domain per evaluation.")] = 64,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    data_fraction: Annotated[
+        float, typer.Option(help="Use this share of each target shard.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for data order, masking and dropout.")] = 0,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the student.")
+    ] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run of --output.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        seed=seed,
+        eval_every=eval_every,
+        eval_blocks=eval_blocks,
+        checkpoint_every=checkpoint_every,
+        temperature=temperature,
+        compile=compile_model,
+    )
+    targets = tuple(domain or ())
+    name = output or f"{model}-{strategy}-{'-'.join(targets) or plan}"
+    job = TrainJob(
+        student=model,
+        output=name,
+        domains=targets,
+        strategy=strategy,
+        teachers=tuple(teacher or ()),
+        plan=plan,
+        schedule=parse_params(schedule or []),
+        teacher_mode=teacher_mode,
+        top_k=top_k,
+        block_size=block_size,
+        data_fraction=data_fraction,
+        config=config,
+        resume=resume,
+    )
+    outcome = run_training(workspace(ctx), job, progress=not as_json)
+    r = outcome.result
+    summary = {
+        "model": outcome.model.to_dict() if outcome.model else None,
+        "run_id": outcome.run_id,
+        "steps": r.step,
+        "tokens_per_s": r.tokens_per_s,
+        "wall_time_s": r.wall_time_s,
+        "eval_share": r.eval_time_s / max(r.wall_time_s, 1e-9),
+        "final": {d: {"loss": e.loss, "ppl": e.ppl} for d, e in r.final_eval.items()},
+        "teachers": outcome.teachers,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    console.print(
+        f"Trained [bold]{name}[/] in {r.wall_time_s:.0f} s ({r.tokens_per_s:,.0f} tokens/s, "
+        f"evaluation {summary['eval_share']:.0%}); MLflow run {outcome.run_id}"
+    )
+    table(
+        "final perplexity",
+        ["domain", "ppl"],
+        [(d, f"{e.ppl:.2f}") for d, e in r.final_eval.items()],
+    )
