@@ -101,3 +101,80 @@ def ws(tmp_path: Path) -> Workspace:
     workspace = Workspace.init(tmp_path / "ws")
     yield workspace
     workspace.close()
+
+
+def _bundled_slice(name: str, n_docs: int) -> list[str]:
+    import gzip
+
+    from lineage.domains import bundled_domains_dir
+    from lineage.profiles import iter_documents
+
+    with gzip.open(bundled_domains_dir() / name / f"{name}.txt.gz", "rt", encoding="utf-8") as fh:
+        docs = iter_documents(fh)
+        return [next(docs) for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="session")
+def family_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real family, built once per test process: three slices of the bundled corpora
+    (literature, cs, bio), a shared 400-token BPE, a tiny roberta teacher trained on
+    literature, and a random 'small'-shape student. Tests copy it (``family_ws``)."""
+    from lineage.domains import add_domain
+    from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
+    from lineage.modeling import ModelShape
+    from lineage.trainer import TrainConfig
+    from lineage.training import TrainJob, run_training
+
+    root = tmp_path_factory.mktemp("family") / "ws"
+    ws = Workspace.init(root)
+    src = root.parent / "src"
+    src.mkdir()
+    for name in ("literature", "cs", "bio"):
+        (src / f"{name}.txt").write_text(
+            "\n\n".join(_bundled_slice(name, 160)) + "\n", encoding="utf-8"
+        )
+        add_domain(ws, name, [src / f"{name}.txt"], valid_every=5, shard_mb=0.02)
+    train_workspace_tokenizer(ws, "shared", ["literature", "cs", "bio"], vocab_size=400)
+    shape = ModelShape(layers=2, hidden=32, heads=2, ffn=64)
+    create_workspace_model(
+        ws, "t0", family="roberta", shape=shape, tokenizer="shared", max_positions=40
+    )
+    config = TrainConfig(
+        steps=12,
+        batch_size=8,
+        lr=3e-3,
+        eval_every=0,
+        eval_blocks=4,
+        checkpoint_every=0,
+        log_every=4,
+    )
+    run_training(
+        ws,
+        TrainJob("t0", "teacher-lit", ("literature",), block_size=32, config=config),
+        progress=False,
+    )
+    create_workspace_model(
+        ws,
+        "student",
+        family="roberta",
+        shape=ModelShape(2, 48, 2, 96),
+        tokenizer="shared",
+        max_positions=40,
+        seed=1,
+    )
+    ws.close()
+    return root
+
+
+@pytest.fixture
+def family_ws(family_template: Path, tmp_path: Path) -> Workspace:
+    """A private copy of the family workspace (registry and files; model paths stay shared)."""
+    import shutil
+
+    root = tmp_path / "family"
+    shutil.copytree(family_template, root)
+    text = (root / "lineage.toml").read_text()
+    workspace = Workspace.open(root)
+    assert text  # the copy keeps the same configuration
+    yield workspace
+    workspace.close()
