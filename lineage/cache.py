@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from tqdm.auto import tqdm
 
 from lineage.data import IGNORE_INDEX, Batch, mlm_mask
 from lineage.errors import ConflictError, LineageError, NotFoundError
+
+if TYPE_CHECKING:  # transformers is slow to import and only named in annotations here
+    from transformers import PreTrainedModel
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,8 +101,7 @@ class PartInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> PartInfo:
-        files = {k: FileInfo(**v) for k, v in d["files"].items()}
-        return cls(d["dir"], d["block_start"], d["block_end"], d["n_targets"], files)
+        return cls(**{**d, "files": {k: FileInfo(**v) for k, v in d["files"].items()}})
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,13 @@ def teacher_topk(
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
     ):
         logits = teacher(input_ids=input_ids.to(device, non_blocking=True)).logits  # [B, T, V]
-    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.to(device))
-    values, indices = picked.float().topk(k, dim=-1)
-    return values, indices
+    flat, rows = logits.reshape(-1, logits.shape[-1]), rows.to(device)  # [B·T, V], [N]
+    if 2 * len(rows) > len(flat):  # causal: nearly every row; copying [N, V] would cost more
+        values, indices = flat.topk(k, dim=-1)
+        values, indices = values.index_select(0, rows), indices.index_select(0, rows)
+    else:  # MLM: ~15 % of rows; select them first
+        values, indices = flat.index_select(0, rows).topk(k, dim=-1)
+    return values.float(), indices
 
 
 # ---------------------------------------------------------------- writing
@@ -347,7 +353,7 @@ def _part_span(n_blocks: int, world: int, rank: int) -> tuple[int, int]:
 
 
 def _complete_meta(
-    meta: CacheMeta, teacher: torch.nn.Module, top_k: int, objective: str, block_size: int
+    meta: CacheMeta, teacher: PreTrainedModel, top_k: int, objective: str, block_size: int
 ) -> CacheMeta:
     """``meta`` with K, objective and T from the build; fields the caller set must agree."""
     built = replace(meta, top_k=top_k, objective=objective, block_size=block_size)
@@ -376,7 +382,7 @@ def _check_blocks(blocks: np.ndarray) -> None:
 
 
 def build_cache(
-    teacher: torch.nn.Module,
+    teacher: PreTrainedModel,
     blocks: np.ndarray,
     out_dir: Path,
     *,
@@ -401,7 +407,7 @@ def build_cache(
     range of MLM's random replacement tokens (default: the teacher's vocabulary). The teacher is
     moved to ``device`` (default: this rank's) and run in eval mode, bf16 autocast on CUDA.
     """
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # else CPU ranks run as one each
     _check_blocks(blocks)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -538,15 +544,8 @@ def _open_part(root: Path, part: PartInfo, manifest: CacheManifest, verify: bool
         for name in ARRAYS
     }
     m, n, k = part.block_end - part.block_start, part.n_targets, manifest.meta.top_k
-    want = {
-        "inputs": (m, manifest.meta.block_size),
-        "offsets": (m + 1,),
-        "positions": (n,),
-        "labels": (n,),
-        "topk_indices": (n, k),
-        "topk_logits": (n, k),
-    }
-    for name, shape in want.items():
+    shapes = [(m, manifest.meta.block_size), (m + 1,), (n,), (n,), (n, k), (n, k)]
+    for name, shape in zip(ARRAYS, shapes, strict=True):
         if arrays[name].shape != shape:
             file = root / part.dir / f"{name}.npy"
             raise LineageError(f"{file}: shape {arrays[name].shape}, manifest implies {shape}")
@@ -595,8 +594,7 @@ class LogitCache:
         local = index - part.block_start
         a = part.arrays
         r0, r1 = int(a["offsets"][local]), int(a["offsets"][local + 1])
-        rows = {name: a[name][r0:r1] for name in ("positions", "labels")}
-        rows |= {name: a[name][r0:r1] for name in ("topk_indices", "topk_logits")}
+        rows = {name: a[name][r0:r1] for name in ARRAYS[2:]}  # positions, labels, topk_*
         return {"inputs": a["inputs"][local], **rows}
 
     def shard(self, name: str, teacher_name: str | None = None) -> CachedShard:

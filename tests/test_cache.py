@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,18 @@ def test_mlm_masks_reproducible_and_independent_of_batch_size(tmp_path, mlm_cach
     assert not all(np.array_equal(a.block(i)["inputs"], other.block(i)["inputs"]) for i in range(4))
 
 
+def test_block_targets_never_mask_special_tokens_and_shift_for_causal() -> None:
+    blocks = make_blocks(n=64)
+    blocks[:, ::2] = 2  # half the tokens are special
+    spec = MaskSpec(MASK_ID, V, SPECIAL, probability=0.5)
+    inputs, labels = block_targets(blocks, 0, "mlm", spec)
+    tokens = torch.from_numpy(blocks.astype(np.int64))
+    assert torch.all(labels[:, ::2] == IGNORE_INDEX) and torch.equal(inputs[:, ::2], tokens[:, ::2])
+    assert 0.4 < (labels[:, 1::2] != IGNORE_INDEX).float().mean() < 0.6
+    inputs, labels = block_targets(blocks, 0, "clm", None)
+    assert torch.equal(inputs, tokens) and torch.equal(labels, causal_targets(tokens))
+
+
 def test_full_k_equals_full_distribution(tmp_path) -> None:
     teacher, blocks = gpt2(), make_blocks(n=3)
     manifest = build_clm(teacher, blocks, tmp_path / "full", top_k="full")
@@ -196,8 +209,6 @@ def test_open_accepts_matching_setup(mlm_cache) -> None:
 
 
 def copy_cache(src: Path, dst: Path) -> Path:
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 
@@ -245,10 +256,10 @@ class Exploding(torch.nn.Module):
 
 def test_interrupted_build_leaves_no_cache(tmp_path) -> None:
     parent = tmp_path / "caches"
-    teacher = Exploding(gpt2(), fail_at=2)
+    teacher = Exploding(gpt2(), fail_at=3)  # after the first batch was written
     with pytest.raises(RuntimeError, match="crashed"):
         build_clm(teacher, make_blocks(), parent / "c", batch_size=2)
-    assert teacher.calls == 2
+    assert teacher.calls == 3
     assert list(parent.iterdir()) == []
 
 
@@ -332,7 +343,7 @@ def test_build_refuses_meta_that_contradicts_arguments(tmp_path) -> None:
     assert not (tmp_path / "c").exists()
 
 
-def test_shard_refuses_another_teacher_and_teacher_mode_is_restored(mlm_cache) -> None:
+def test_shard_refuses_another_teacher(mlm_cache) -> None:
     with pytest.raises(ConflictError, match="teacher-b"):
         open_cache(mlm_cache[0]).shard("general", "teacher-b")
 
