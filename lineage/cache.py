@@ -421,7 +421,11 @@ def build_cache(
         if mask_token_id is None:
             raise LineageError("an MLM cache needs mask_token_id")
         masking = MaskSpec(
-            mask_token_id, vocab_size or vocab, tuple(special_ids), mask_probability, mask_seed
+            int(mask_token_id),
+            vocab_size or vocab,
+            tuple(int(i) for i in special_ids),
+            mask_probability,
+            mask_seed,
         )
     full_meta = _complete_meta(meta, teacher, k, objective, blocks.shape[1])
     run_device = torch.device(device) if device is not None else state.device
