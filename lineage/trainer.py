@@ -433,7 +433,6 @@ class _Loop:
         return {
             f"auto/{name}/student_ppl": student,
             f"auto/{name}/teacher_ppl": self.teacher_ppl[name],
-            f"alpha/{name}": float(schedule.rate(self.step)),
         }
 
     def log_window(self, window: _Window) -> None:

@@ -380,3 +380,30 @@ def test_kill_9_then_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     b = load_model(tmp_path / "v" / "out").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     time.sleep(0)  # nothing left running
+
+
+def test_real_auto_inheritance_anneals_once_the_student_is_ahead(tmp_path: Path) -> None:
+    from lineage.schedules import AutoInheritance, InheritanceSchedule
+
+    schedule = InheritanceSchedule(kind="auto", total_steps=12, patience=2, anneal_steps=2)
+    auto = AutoInheritance(schedule)
+    teacher = tiny("gpt2", seed=5)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(30)  # confidently wrong: far worse than a random student
+    _, tracker = run(
+        tiny("gpt2"),
+        tmp_path,
+        "clm",
+        sampler=sampler("clm", teacher="t"),
+        schedules={"t": auto},
+        online_teachers={"t": teacher},
+        auto_samples={"t": AutoSample(BLOCKS[8:16])},
+    )
+    # Ahead at the evaluations of steps 0 and 4 (patience 2): the anneal starts at step 4.
+    assert [(e.step, e.reason) for e in auto.events] == [(0, "student_ahead"), (4, "anneal_start")]
+    # Logged at step s: the α of the update that made step s, i.e. rate(s - 1).
+    alpha = dict(tracker.history("alpha/t"))
+    assert alpha[5] == 1.0 and alpha[6] == 0.5 and alpha[7] == alpha[12] == 0.0
+    assert "anneal_start" in tracker.tags["ki_event.t.1"]
+    teacher_ppl = {v for _, v in tracker.history("auto/t/teacher_ppl")}
+    assert len(teacher_ppl) == 1  # measured once
