@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, literal, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -203,24 +203,44 @@ class Registry:
         return self.related(name, "descendants")
 
     def related(self, name: str, direction: Direction) -> list[E.Related]:
-        """Models reachable from ``name`` along edges, with their shortest distance (one CTE)."""
+        """Models reachable from ``name`` along edges, with their shortest distance.
+
+        One recursive CTE finds the reachable set and the edges inside it; distances are then
+        a breadth-first pass in memory (a CTE that carries depths multiplies rows on DAGs).
+        """
         with self._read() as s:
-            mid = _model_row(s, name).id
-            walk = _walk(mid, direction)
-            query = (
-                select(ModelRow.name, func.min(walk.c.depth))
-                .join(walk, walk.c.id == ModelRow.id)
-                .group_by(ModelRow.id, ModelRow.name)
-                .order_by(func.min(walk.c.depth), ModelRow.name)
-            )
-            return [E.Related(n, int(d)) for n, d in s.execute(query)]
+            start = _model_row(s, name).id
+            names, adjacency = _reachable_subgraph(s, start, direction)
+        depth = {start: 0}
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for node in frontier:
+                for other in adjacency.get(node, ()):
+                    if other not in depth:
+                        depth[other] = depth[node] + 1
+                        nxt.append(other)
+            frontier = nxt
+        found = [E.Related(names[i], d) for i, d in depth.items() if i != start]
+        return sorted(found, key=lambda r: (r.depth, r.name))
 
     def generation(self, name: str) -> int:
-        """1 for a model with no parents, else 1 + the longest ancestor chain."""
+        """1 for a model with no parents, else 1 + the longest chain of ancestors."""
         with self._read() as s:
-            walk = _walk(_model_row(s, name).id, "ancestors")
-            deepest = s.scalar(select(func.max(walk.c.depth)))
-            return 1 + int(deepest or 0)
+            start = _model_row(s, name).id
+            _, parents = _reachable_subgraph(s, start, "ancestors")
+        longest: dict[int, int] = {}
+        stack = [(start, False)]
+        while stack:  # iterative post-order DFS: no recursion limit on deep lineages
+            node, expanded = stack.pop()
+            if node in longest:
+                continue
+            if expanded:  # every parent was pushed above this node, so is finished now
+                longest[node] = 1 + max((longest[p] for p in parents.get(node, ())), default=0)
+            else:
+                stack.append((node, True))
+                stack.extend((p, False) for p in parents.get(node, ()) if p not in longest)
+        return longest[start]
 
     # ---- tokenizers ---------------------------------------------------------------------
 
@@ -469,21 +489,41 @@ class Registry:
 
 
 def _walk(start_id: int, direction: Direction) -> Any:
-    """Recursive CTE of (id, depth) reachable from ``start_id``; UNION keeps it finite on DAGs."""
+    """Recursive CTE of the model ids reachable from ``start_id`` (UNION: each id once)."""
     src, dst = (
         (EdgeRow.child_id, EdgeRow.parent_id)
         if direction == "ancestors"
         else (EdgeRow.parent_id, EdgeRow.child_id)
     )
-    base = select(dst.label("id"), literal(1).label("depth")).where(src == start_id)
-    walk = base.cte("walk", recursive=True)
-    step = select(dst, walk.c.depth + 1).join(walk, src == walk.c.id)
-    return walk.union(step)
+    walk = select(dst.label("id")).where(src == start_id).cte("walk", recursive=True)
+    return walk.union(select(dst).join(walk, src == walk.c.id))
 
 
 def _related_ids(s: Session, start_id: int, direction: Direction) -> set[int]:
+    return set(s.scalars(select(_walk(start_id, direction).c.id)))
+
+
+def _reachable_subgraph(
+    s: Session, start_id: int, direction: Direction
+) -> tuple[dict[int, str], dict[int, list[int]]]:
+    """Names of the reachable models and the adjacency (in ``direction``) among them."""
     walk = _walk(start_id, direction)
-    return set(s.scalars(select(walk.c.id)))
+    names = dict(
+        s.execute(select(ModelRow.id, ModelRow.name).join(walk, walk.c.id == ModelRow.id)).all()
+    )
+    src, dst = (
+        (EdgeRow.child_id, EdgeRow.parent_id)
+        if direction == "ancestors"
+        else (EdgeRow.parent_id, EdgeRow.child_id)
+    )
+    inside = select(walk.c.id)
+    edges = s.execute(
+        select(src, dst).where(dst.in_(inside), (src == start_id) | src.in_(inside))
+    ).all()
+    adjacency: dict[int, list[int]] = {}
+    for a, b in edges:
+        adjacency.setdefault(a, []).append(b)
+    return names, adjacency
 
 
 def _model_row(s: Session, name: str) -> ModelRow:

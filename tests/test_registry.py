@@ -160,3 +160,39 @@ def test_four_processes_register_concurrently(ws: Workspace) -> None:
     with reg.engine.connect() as conn:
         assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_lineage_queries_match_brute_force_on_a_random_dag(ws: Workspace) -> None:
+    import random
+
+    rng = random.Random(3)
+    reg = ws.registry
+    parents: dict[int, set[int]] = {}
+    for i in range(60):
+        reg.add_model(f"m{i}", f"/m/{i}", info())
+        parents[i] = set(rng.sample(range(i), k=min(i, rng.choice([0, 1, 1, 2, 3]))))
+        for p in parents[i]:
+            reg.add_edge(f"m{p}", f"m{i}", "ki")
+
+    def depths(i: int) -> dict[int, int]:  # shortest distance to every ancestor
+        out, frontier, d = {}, {i}, 0
+        while frontier:
+            d += 1
+            frontier = {p for f in frontier for p in parents[f]} - out.keys()
+            out |= {p: d for p in frontier}
+        return out
+
+    def generation(i: int) -> int:
+        return 1 + max((generation(p) for p in parents[i]), default=0)
+
+    for i in range(0, 60, 7):
+        expected = sorted((f"m{p}", d) for p, d in depths(i).items())
+        assert sorted((r.name, r.depth) for r in reg.ancestors(f"m{i}")) == expected
+        assert reg.generation(f"m{i}") == generation(i)
+    children = {i: {c for c, ps in parents.items() if i in ps} for i in parents}
+    reach = set()
+    frontier = {0}
+    while frontier:
+        frontier = {c for f in frontier for c in children[f]} - reach
+        reach |= frontier
+    assert {r.name for r in reg.descendants("m0")} == {f"m{c}" for c in reach}
