@@ -6,22 +6,30 @@ the result in the registry (and MLflow where it is a run).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lineage.blocks import valid_blocks
+from lineage.checkpoints import atomic_dir
 from lineage.domains import domain_texts
 from lineage.entities import Evaluation, Model, Tokenizer
-from lineage.errors import LineageError
-from lineage.evaluation import evaluate
+from lineage.errors import ConflictError, LineageError
+from lineage.evaluation import EvalResult, evaluate
+from lineage.growth import GrowthMethod, GrowthRecord, grow_model
 from lineage.modelinfo import read_model_info
 from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
-from lineage.tokenizer import TokenizerInfo, load_tokenizer, train_tokenizer
+from lineage.tokenizer import TokenizerInfo, copy_tokenizer_files, load_tokenizer, train_tokenizer
 from lineage.workspace import Workspace
 
 DEFAULT_BLOCK_SIZE = 128
+GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights
 
 
 def default_device() -> torch.device:
@@ -129,3 +137,122 @@ def evaluate_model(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class GrowthReport:
+    """What a growth did and how the grown model scores right away (papers/004 Table 1)."""
+
+    source: str  # the registered model grown from
+    grown: str  # the new model's name
+    record: GrowthRecord  # maps, shapes, method, seed (also saved as growth.json)
+    domain: str  # whose valid blocks were scored
+    source_eval: EvalResult  # the source on that sample
+    grown_eval: EvalResult  # the grown model on the same sample, before any training
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "grown": self.grown,
+            "method": self.record.method,
+            "seed": self.record.seed,
+            "source_shape": self.record.source_shape,
+            "target_shape": self.record.target_shape,
+            "domain": self.domain,
+            "source_loss": self.source_eval.loss,
+            "source_ppl": self.source_eval.ppl,
+            "grown_loss": self.grown_eval.loss,
+            "grown_ppl": self.grown_eval.ppl,
+            "n_tokens": self.grown_eval.n_tokens,
+        }
+
+
+def growth_edge_params(record: GrowthRecord) -> dict[str, Any]:
+    """The ``grow`` edge's parameters: the record without its long unit maps, which are
+    summarised (new units per axis) and fingerprinted; growth.json beside the weights has them."""
+    maps = record.maps
+    digest = hashlib.sha256(json.dumps(maps, sort_keys=True).encode()).hexdigest()
+    return {
+        "method": record.method,
+        "seed": record.seed,
+        "balanced": record.balanced,
+        "family": record.family,
+        "source_shape": record.source_shape,
+        "target_shape": record.target_shape,
+        "maps": {
+            "layers": maps["layers"],
+            "new_units": {k: len(v) - len(set(v)) for k, v in maps.items() if k != "layers"},
+            "sha256": digest,
+            "file": GROWTH_FILE,
+        },
+    }
+
+
+def grow_workspace_model(
+    ws: Workspace,
+    source: str,
+    new: str,
+    *,
+    layers: int,
+    hidden: int,
+    heads: int | None = None,
+    ffn: int | None = None,
+    method: GrowthMethod = "fpi",
+    seed: int = 0,
+    sample_domain: str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_blocks: int | None = 64,
+) -> tuple[Model, GrowthReport]:
+    """Grow a registered model (bert2BERT width by ``method``, depth by Alg. 1) into ``new``.
+
+    The grown model is saved atomically under ``models/<new>`` (safetensors, the source's
+    tokenizer, growth.json), registered with the source's domains and a ``grow`` edge, and
+    scored against the source on the valid blocks of ``sample_domain`` (default: the source's
+    first domain; at most ``max_blocks`` blocks); both scores are stored as evaluations at
+    step 0. Bad input raises LineageError before anything is written.
+    """
+    reg = ws.registry
+    src = reg.model(source)
+    if reg.has_model(new):
+        raise ConflictError(f"a model named {new!r} is already registered")
+    out = ws.models_dir / new
+    if out.exists():
+        raise ConflictError(f"{out} already exists; choose another name")
+    domain = sample_domain or (src.domains[0] if src.domains else None)
+    if domain is None:
+        raise LineageError(f"{source!r} was trained on no registered domain: pass a domain")
+    reg.domain(domain)
+    device = default_device()
+    lm = load_model(Path(src.path), device=device)
+    grown, record = grow_model(
+        lm, layers=layers, hidden=hidden, heads=heads, ffn=ffn, method=method, seed=seed
+    )
+    blocks = valid_blocks(ws, domain, Path(src.path), block_size, max_blocks)
+    info = TokenizerInfo.of(load_tokenizer(Path(src.path)))
+    scores = [
+        evaluate(m, blocks, objective=src.objective, batch_size=16, tokenizer=info, device=device)
+        for m in (lm, grown)
+    ]
+    with atomic_dir(out) as tmp:
+        grown.save_pretrained(str(tmp))  # safetensors
+        copy_tokenizer_files(Path(src.path), tmp)
+        (tmp / GROWTH_FILE).write_text(record.to_json(), encoding="utf-8")
+    shape = f"{layers} layers x {hidden}"
+    try:
+        model = reg.add_model(
+            new,
+            str(out),
+            read_model_info(out),
+            domains=src.domains,
+            description=f"{method.upper()} growth of {source} to {shape} (seed {seed})",
+        )
+    except LineageError:
+        shutil.rmtree(out, ignore_errors=True)  # lost a race for the name: leave no files
+        raise
+    reg.add_edge(source, new, "grow", params=growth_edge_params(record))
+    for name, score in ((source, scores[0]), (new, scores[1])):
+        reg.add_evaluation(
+            name, domain, loss=score.loss, ppl=score.ppl, n_tokens=score.n_tokens, step=0
+        )
+    ws.write_model_card(new)
+    return model, GrowthReport(source, new, record, domain, scores[0], scores[1])
