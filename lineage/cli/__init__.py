@@ -10,6 +10,7 @@ import typer
 from lineage.cli import db, domain, edge, model, tokenizer
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
+from lineage.cli.grow import grow
 from lineage.graph import FORMATS, render
 from lineage.workspace import ENV_VAR, Workspace
 
@@ -19,6 +20,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(domain.app, name="domain")
 app.add_typer(edge.app, name="edge")
 app.add_typer(tokenizer.app, name="tokenizer")
+app.command()(grow)
 
 
 @app.callback()
