@@ -132,6 +132,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} thread(s), vocabulary {VOCAB}, blocks of 128, batch 16")
     for family in ("roberta", "gpt2"):
+        run_train(family, "tiny", block=128, batch=16, steps=2, eval_every=0)  # warm-up
         result = run_train(family, "tiny", block=128, batch=16, steps=args.steps, eval_every=0)
         print(f"{family:8s} tiny  fp32  {result.tokens_per_s:10,.0f} tokens/s")
     defaults = TrainConfig()
