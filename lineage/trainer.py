@@ -10,6 +10,11 @@ code runs under ``accelerate launch``; only the main process writes checkpoints,
 and the final model. Checkpoints hold everything a run depends on (weights, optimizer,
 scheduler, RNGs, sampler position, schedule states), so a resumed run on CPU reaches the same
 weights bit for bit as an uninterrupted one.
+
+Two-stage training (papers/004 Alg. 2, ``TrainConfig.two_stage_layers``): for the first
+``two_stage_fraction`` of the steps each step runs one sub-model (the bottom l_b, 2·l_b, …
+layers with the shared head) and updates only its top l_b layers and the head; then the full
+model trains.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from lineage.checkpoints import (
 from lineage.data import IGNORE_INDEX, Batch
 from lineage.errors import LineageError
 from lineage.evaluation import EvalResult, evaluate
+from lineage.growth import submodel_layers, trainable_layer_range, truncate_depth
+from lineage.growth_maps import family_of
 from lineage.losses import KILoss, ki_loss
 from lineage.modeling import TargetLogits, check_vocab, embedding_rows
 from lineage.tokenizer import TokenizerInfo
@@ -72,6 +79,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student's backbone
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     log_every: int = 10  # log step metrics (window means) every N steps
+    two_stage_layers: int = 0  # Alg. 2 l_b: sub-models of l_b, 2·l_b, … layers first; 0 = off
+    two_stage_fraction: float = 0.5  # share of the steps spent on sub-models (E_b / E)
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_blocks", "eval_batch_size")
@@ -91,6 +100,8 @@ class TrainConfig:
             raise LineageError("train config: betas must be two numbers in [0, 1)")
         if self.precision not in PRECISIONS:
             raise LineageError(f"train config: precision must be one of {', '.join(PRECISIONS)}")
+        if self.two_stage_layers < 0 or not 0 <= self.two_stage_fraction <= 1:
+            raise LineageError("train config: two_stage_layers >= 0, two_stage_fraction in [0, 1]")
 
 
 class RateSchedule(Protocol):
@@ -144,6 +155,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def stage_one_frozen(model: PreTrainedModel, depth: int, l_b: int) -> list[nn.Parameter]:
+    """What Alg. 2 keeps fixed while a sub-model of ``depth`` layers trains: the blocks outside
+    its top ``l_b`` (trainable_layer_range) and the input embeddings.
+
+    The shared head trains; with tied embeddings that includes the word embeddings (they are
+    the head's output matrix). Norms outside the blocks (GPT-2's ln_f, Llama's norm) feed the
+    head in every sub-model, so they count as head.
+    """
+    blocks = cast(nn.ModuleList, model.get_submodule(family_of(model.config).layers_path))
+    keep = {id(p) for i in trainable_layer_range(depth, l_b) for p in blocks[i].parameters()}
+    base = model.base_model
+    for name, child in [*model.named_children(), *base.named_children()]:
+        input_side = isinstance(child, nn.Embedding) or "embed" in name
+        holds_blocks = any(m is blocks for m in child.modules())
+        if child is not base and not input_side and not holds_blocks:
+            keep |= {id(p) for p in child.parameters()}
+    return [p for p in model.parameters() if id(p) not in keep]
 
 
 def _mixed_precision(precision: str) -> str:
@@ -223,6 +253,7 @@ class _Loop:
         self.eval_time = 0.0
         self.train_time = 0.0
         self.last_loss = float("nan")
+        self.frozen: dict[int, list[nn.Parameter]] = {}  # two-stage: sub-model depth -> fixed
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -250,6 +281,10 @@ class _Loop:
                     f"shard {shard.name!r} is taught by {shard.teacher!r} but no inheritance "
                     "schedule was given for that teacher"
                 )
+        if self.config.two_stage_layers:
+            submodel_layers(self.model.config.num_hidden_layers, self.config.two_stage_layers)
+            if self.acc.num_processes > 1:  # DDP expects every parameter in every step
+                raise LineageError("two-stage training runs in one process only")
         for name, schedule in self.schedules.items():
             if hasattr(schedule, "observe") and name not in self.auto_samples:
                 raise LineageError(f"automatic schedule for {name!r} needs a held-out sample")
@@ -363,12 +398,31 @@ class _Loop:
         window.tokens += batch.input_ids.numel() * self.acc.num_processes
         return out
 
+    def submodel_depth(self) -> int | None:
+        """Alg. 2's first stage: this step's sub-model depth, drawn from (seed, step) alone so a
+        resumed run draws the same; None when two-stage is off or in the full-model stage."""
+        c = self.config
+        if not c.two_stage_layers or self.step >= round(c.steps * c.two_stage_fraction):
+            return None
+        depths = submodel_layers(self.model.config.num_hidden_layers, c.two_stage_layers)
+        return depths[int(np.random.default_rng((c.seed, self.step)).integers(len(depths)))]
+
     def optimizer_step(self, window: _Window) -> None:
         """``grad_accum`` micro-batches, clipping, one AdamW and scheduler step."""
         start = time.perf_counter()
-        for _ in range(self.config.grad_accum):
-            with self.acc.accumulate(self.wrapper):
-                self.micro_step(next(self.sampler), window)
+        depth = self.submodel_depth()
+        with truncate_depth(self.model, depth) if depth else contextlib.nullcontext():
+            for _ in range(self.config.grad_accum):
+                with self.acc.accumulate(self.wrapper):
+                    self.micro_step(next(self.sampler), window)
+        if depth is not None:
+            if depth not in self.frozen:
+                self.frozen[depth] = stage_one_frozen(
+                    self.model, depth, self.config.two_stage_layers
+                )
+            for param in self.frozen[depth]:
+                param.grad = None  # AdamW skips it: no update, no decay, no moment change
+            window.add("submodel_depth", float(depth))
         assert self.acc.sync_gradients
         if self.config.clip > 0:
             self.acc.clip_grad_norm_(self.wrapper.parameters(), self.config.clip)
