@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli import db, domain, edge, model, tokenizer
+from lineage.cli import db, domain, edge, model, plan, route, tokenizer
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
 from lineage.cli.grow import grow
@@ -19,6 +19,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(model.app, name="model")
 app.add_typer(domain.app, name="domain")
 app.add_typer(edge.app, name="edge")
+app.add_typer(plan.app, name="plan")
+app.command("route")(route.route)
 app.add_typer(tokenizer.app, name="tokenizer")
 app.command()(grow)
 
