@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from accelerate import PartialState
 
+from lineage.adapters import LoraSpec, adapter_bytes, adapter_info, add_lora, is_adapter
 from lineage.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.checkpoints import checkpoint_run_id
 from lineage.data import BlockShard, MixtureSampler, ShardSource
@@ -53,6 +54,11 @@ class TrainJob:
     data_fraction: float = 1.0  # use only this share of each target shard (data-scarce runs)
     config: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False  # continue the interrupted run of the same output name
+    replay: float = 0.0  # share of batches drawn from the student's source domains ("reviewing")
+    replay_domains: tuple[str, ...] = ()  # domains to replay (default: the student's sources)
+    self_ki: bool = False  # replay batches are taught by the student's own (pre-run) predictions
+    self_ki_alpha: float = 0.5  # constant inheritance rate of that self-KI term
+    lora: LoraSpec | None = None  # train a LoRA adapter (saved under adapters/), not all weights
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -73,6 +79,14 @@ class TrainJob:
             raise LineageError(f"data fraction must be in (0, 1], got {self.data_fraction}")
         if self.student == self.output:
             raise LineageError("the output must get a new name (models are never overwritten)")
+        if not 0 <= self.replay < 1:
+            raise LineageError(f"replay share must be in [0, 1), got {self.replay}")
+        if (self.self_ki or self.replay_domains) and self.replay == 0:
+            raise LineageError("--self-ki and replay domains need a replay share (--replay R > 0)")
+        if not 0 < self.self_ki_alpha <= 1:
+            raise LineageError(f"self-KI alpha must be in (0, 1], got {self.self_ki_alpha}")
+        if set(self.replay_domains) & set(self.domains):
+            raise LineageError("a replayed domain cannot also be a target domain")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class _Assigned:
     blocks: ShardBlocks
     teacher: str | None
     schedule: InheritanceSchedule | None
+    replay: bool = False  # a source-domain shard replayed against forgetting
 
 
 def source_domains(ws: Workspace, model: Model) -> list[str]:
@@ -148,6 +163,46 @@ def _assign(ws: Workspace, job: TrainJob, student: Model) -> tuple[list[_Assigne
     return assigned, job
 
 
+def replay_weights(sizes: Sequence[int], replay: Sequence[bool], share: float) -> list[float]:
+    """Sampler weights that draw ``share`` of the batches from the replay shards.
+
+    Within each group (target / replay) a shard is drawn in proportion to its size, as the
+    sampler's default does: w_i = (1 − R) · n_i / Σ_target n + R · [replay_i] · n_i / Σ_replay n.
+    """
+    target = sum(n for n, r in zip(sizes, replay, strict=True) if not r)
+    again = sum(n for n, r in zip(sizes, replay, strict=True) if r)
+    if target == 0 or (share > 0 and again == 0):
+        raise LineageError("replay needs both target and replay shards")
+    return [
+        (share * n / again) if r else ((1 - share) * n / target)
+        for n, r in zip(sizes, replay, strict=True)
+    ]
+
+
+def _replay(ws: Workspace, job: TrainJob, student: Model) -> list[_Assigned]:
+    """The source-domain shards to review; with self-KI the student teaches them (α constant)."""
+    if job.replay == 0:
+        return []
+    domains = job.replay_domains or tuple(
+        d for d in source_domains(ws, student) if d not in job.domains
+    )
+    if not domains:
+        raise LineageError(f"{student.name!r} has no source domain to replay")
+    schedule = (
+        InheritanceSchedule(
+            kind="constant", total_steps=job.config.steps, constant=job.self_ki_alpha
+        )
+        if job.self_ki
+        else None
+    )
+    teacher = student.name if job.self_ki else None
+    return [
+        _Assigned(shard_blocks(ws, s, Path(student.path), job.block_size), teacher, schedule, True)
+        for d in domains
+        for s in ws.registry.shards(d, split="train")
+    ]
+
+
 def _scarce(blocks: ShardBlocks, fraction: float) -> ShardBlocks:
     keep = max(1, int(len(blocks.blocks) * fraction))
     return dataclasses.replace(blocks, blocks=blocks.blocks[:keep])
@@ -161,7 +216,8 @@ def _sources(
     online: dict[str, Any] = {}
     sources: list[ShardSource] = []
     for a in assigned:
-        blocks = _scarce(a.blocks, job.data_fraction) if job.data_fraction < 1 else a.blocks
+        scarce = job.data_fraction < 1 and not a.replay  # the sources are not the scarce data
+        blocks = _scarce(a.blocks, job.data_fraction) if scarce else a.blocks
         if a.teacher is None:
             sources.append(BlockShard(blocks.key, blocks.blocks, student.objective, info))
             continue
@@ -283,18 +339,25 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     """Run ``job`` and register its result; resumable with ``job.resume``."""
     reg = ws.registry
     student = reg.model(job.student)
+    if is_adapter(reg, student.name):
+        raise LineageError(f"{student.name!r} is a LoRA adapter: train from its base model")
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
     for d in job.domains:
         reg.domain(d)
     assigned, job = _assign(ws, job, student)
+    replayed = _replay(ws, job, student)
+    if replayed:
+        reviewed = tuple(dict.fromkeys(a.blocks.shard.domain for a in replayed))
+        job = dataclasses.replace(job, replay_domains=reviewed)
+    assigned += replayed
     state = PartialState()
     tokenizer = load_tokenizer(Path(student.path))
     info = TokenizerInfo.of(tokenizer)
     sources, online = _sources(ws, job, student, assigned, info)
     schedules = _schedules(assigned)
     run_dir = ws.root / "runs" / job.output
-    out_dir = ws.models_dir / job.output
+    out_dir = (ws.adapters_dir if job.lora else ws.models_dir) / job.output
     if out_dir.exists():
         raise ConflictError(f"{out_dir} already exists; choose another output name")
     if (run_dir / "checkpoints").exists() and not job.resume:
@@ -316,11 +379,17 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         sources,
         batch_size=job.config.batch_size,
         seed=job.config.seed,
+        weights=replay_weights([len(s) for s in sources], [a.replay for a in assigned], job.replay)
+        if job.replay
+        else None,
         rank=state.process_index,
         world_size=state.num_processes,
     )
+    lm = load_model(Path(student.path))
+    if job.lora is not None:
+        add_lora(lm, job.lora, seed=job.config.seed)
     result = train(
-        load_model(Path(student.path)),
+        lm,
         config=job.config,
         sampler=sampler,
         eval_sets=_eval_sets(ws, job, student),
@@ -336,9 +405,10 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         auto_samples=_auto_samples(ws, job, assigned, student, info),
     )
     teacher_params = _teacher_params(job, assigned, schedules)
+    self_ki = teacher_params.pop(student.name, None)  # the student taught itself: no ki edge
     model = None
     if state.is_main_process:
-        model = _register(ws, job, student, result, teacher_params)
+        model = _register(ws, job, student, result, teacher_params, self_ki)
         tracker.set_tags({"lineage.registered": model.name})
         tracker.finish("FINISHED")
         if run is not None:
@@ -387,34 +457,63 @@ def _register(
     student: Model,
     result: TrainResult,
     teachers: dict[str, dict[str, Any]],
+    self_ki: dict[str, Any] | None = None,
 ) -> Model:
-    """The new model, its edges (adapt from a trained student, ki from each teacher), evaluations."""
+    """The new model, its edges (adapt from a trained student, or adapter from its base; ki
+    from each teacher), evaluations."""
     reg = ws.registry
     out_dir = result.model_dir
     domains = list(dict.fromkeys([*student.domains, *job.domains]))
+    info = adapter_info(student, out_dir) if job.lora else read_model_info(out_dir)
     model = reg.add_model(
         job.output,
         str(out_dir),
-        read_model_info(out_dir),
+        info,
         domains=domains,
-        description=f"{job.strategy.upper()} from {student.name} on {', '.join(job.domains)}",
+        description=f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from "
+        f"{student.name} on {', '.join(job.domains)}",
     )
     trained_before = bool(student.domains) or bool(reg.parents(student.name))
-    if trained_before:
+    if trained_before or job.lora:
         reg.add_edge(
             student.name,
             model.name,
-            "adapt",
+            "adapter" if job.lora else "adapt",
             mlflow_run_id=result.run_id,
-            params={
-                "strategy": job.strategy,
-                "domains": list(job.domains),
-                "steps": result.step,
-                "data_fraction": job.data_fraction,
-            },
+            params=_adapt_params(job, result, info.n_params - student.n_params, self_ki),
         )
     for teacher, params in teachers.items():
         reg.add_edge(teacher, model.name, "ki", params=params, mlflow_run_id=result.run_id)
+    _add_evaluations(ws, student, model, result)
+    ws.write_model_card(model.name)
+    return model
+
+
+def _adapt_params(
+    job: TrainJob, result: TrainResult, added_params: int, self_ki: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The adapt/adapter edge's record: targets, data share, replay, self-KI, LoRA."""
+    params: dict[str, Any] = {
+        "strategy": job.strategy,
+        "domains": list(job.domains),
+        "steps": result.step,
+        "data_fraction": job.data_fraction,
+        "replay": job.replay,
+        "replay_domains": list(job.replay_domains),
+        "self_ki": self_ki or False,
+    }
+    if job.lora is not None:
+        params["lora"] = {
+            **job.lora.to_dict(),
+            "trainable_params": added_params,
+            "adapter_bytes": adapter_bytes(result.model_dir),
+        }
+    return params
+
+
+def _add_evaluations(ws: Workspace, student: Model, model: Model, result: TrainResult) -> None:
+    """The run's final perplexities; the student's step-0 ones too (the "before" of forgetting)."""
+    reg = ws.registry
     start = result.history[0] if result.history and result.history[0].get("step") == 0 else None
     known = {(e.domain, e.step) for e in reg.evaluations(model=student.name)}
     for domain in result.final_eval:
@@ -436,5 +535,3 @@ def _register(
             n_tokens=final.n_tokens,
             mlflow_run_id=result.run_id,
         )
-    ws.write_model_card(model.name)
-    return model
