@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli import db, domain, edge, model, plan, route, tokenizer
+from lineage.cli import db, domain, edge, model, plan, report, route, tokenizer
+from lineage.cli.adapt import adapt_command
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
 from lineage.cli.grow import grow
@@ -23,6 +24,8 @@ app.add_typer(plan.app, name="plan")
 app.command("route")(route.route)
 app.add_typer(tokenizer.app, name="tokenizer")
 app.command()(grow)
+app.command("adapt")(adapt_command)
+app.add_typer(report.app, name="report")
 
 
 @app.callback()
