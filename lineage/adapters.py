@@ -183,10 +183,8 @@ def match_for_domain(reg: Registry, base: str, domain: str) -> Model | None:
 def route_to_adapter(ws: Workspace, text: str, base: str) -> tuple[str, Model | None]:
     """(the nearest registered domain of ``text``, the adapter or expert model serving it for
     ``base`` — None when nothing does and the base should answer)."""
-    from lineage.router import router_for
-
     ws.registry.model(base)  # NotFoundError before any profiling work
-    domain, _ = router_for(ws, teachers=[]).nearest_domain(text)
+    domain, _ = ws.router(teachers=[]).nearest_domain(text)  # no candidates: domains only
     return domain, match_for_domain(ws.registry, base, domain)
 
 

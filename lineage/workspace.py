@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
 from lineage.entities import Model
@@ -17,6 +18,9 @@ from lineage.errors import LineageError
 from lineage.modelcard import write_card
 from lineage.modelinfo import read_model_info
 from lineage.registry import Registry
+
+if TYPE_CHECKING:
+    from lineage.router import Router
 
 ENV_VAR = "LINEAGE_WORKSPACE"
 
@@ -153,6 +157,14 @@ class Workspace:
         return self.registry.add_model(
             name or model_dir.name, str(model_dir), info, domains=domains, description=description
         )
+
+    def router(self, **kwargs: Any) -> Router:
+        """A router over this workspace's domains and models (``Router.from_workspace``):
+        ``ws.router().nearest_domain(text)``; for the adapter or expert serving a text, see
+        ``lineage.adapters.route_to_adapter``."""
+        from lineage.router import router_for
+
+        return router_for(self, **kwargs)
 
     def write_model_card(self, name: str) -> Path:
         """(Re)write the model directory's README.md card with its lineage."""
