@@ -71,3 +71,62 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+EDGE_COLORS = {"ki": "tab:blue", "grow": "tab:green", "adapt": "tab:gray", "adapter": "tab:purple"}
+
+
+def lineage_graph(
+    nodes: Sequence[str],
+    edges: Sequence[tuple[str, str, str]],
+    generation: Mapping[str, int],
+    path: Path,
+    *,
+    title: str = "model lineage",
+) -> Path:
+    """Models in columns by generation, edges coloured by kind (ki, grow, adapt, adapter)."""
+    columns: dict[int, list[str]] = {}
+    for name in nodes:
+        columns.setdefault(generation[name], []).append(name)
+    pos = {}
+    for g, names in columns.items():
+        for i, name in enumerate(sorted(names)):
+            pos[name] = (g, -i + (len(names) - 1) / 2)
+    height = max((len(v) for v in columns.values()), default=1)
+    fig, ax = plt.subplots(figsize=(3.2 * max(columns, default=1) + 1, 0.9 * height + 1.5))
+    for parent, child, kind in edges:
+        (x0, y0), (x1, y1) = pos[parent], pos[child]
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": EDGE_COLORS.get(kind, "black"),
+                "linestyle": "--" if kind == "ki" else "-",
+                "shrinkA": 28,
+                "shrinkB": 28,
+                "connectionstyle": "arc3,rad=0.08",
+            },
+        )
+    for name, (x, y) in pos.items():
+        ax.text(
+            x,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.4"},
+        )
+    for kind, color in EDGE_COLORS.items():
+        ax.plot([], [], color=color, linestyle="--" if kind == "ki" else "-", label=kind)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_xticks(sorted(columns), labels=[f"G{g}" for g in sorted(columns)])
+    ax.set_yticks([])
+    ax.set_xlim(min(columns, default=1) - 0.6, max(columns, default=1) + 0.6)
+    ax.set_ylim(-height / 2 - 0.5, height / 2 + 0.5)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title)
+    return _save(fig, path)

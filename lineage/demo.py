@@ -1,0 +1,292 @@
+"""``lineage demo``: build a whole model family on the bundled domains, in one fresh workspace.
+
+1. domains and their proximity; 2. a shared tokenizer, G1 on literature, experts on cs and bio;
+3. G2 by KI (plan from the router) beside G2 by self-learning, then G3 three ways; 4. G2 grown
+from G1 (AKI) and trained with KI; 5. G2 adapted to cs and bio (SL, KI, KI + replay) with the
+forgetting report; 6. a summary of what each method saved or lost, plots, and the MLflow UI.
+Every number printed is measured in this run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lineage import plots
+from lineage.compare import curve, saving, steps_to_reach
+from lineage.domains import add_domain, bundled_domains, bundled_domains_dir, compute_proximity
+from lineage.errors import LineageError
+from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
+from lineage.modeling import ModelShape
+from lineage.plans import create_plan
+from lineage.trainer import TrainConfig
+from lineage.training import TrainJob, TrainOutcome, run_training
+from lineage.workspace import Workspace
+
+GENERAL = "literature"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and budgets of the demo (the defaults fit ~15 minutes on 2 CPU cores)."""
+
+    vocab_size: int = 2000  # shared byte-level BPE
+    block_size: int = 64  # tokens per training block
+    batch_size: int = 16  # blocks per step
+    valid_every: int = 20  # one document in N is held out (bigger valid sets than 199:1)
+    g1: ModelShape = ModelShape(layers=2, hidden=64, heads=2, ffn=256)
+    expert: ModelShape = ModelShape(layers=2, hidden=64, heads=2, ffn=256)
+    g2: ModelShape = ModelShape(layers=4, hidden=128, heads=4, ffn=512)
+    g3: ModelShape = ModelShape(layers=6, hidden=192, heads=6, ffn=768)
+    steps_g1: int = 300  # G1 and the experts
+    steps_g2: int = 240
+    steps_g3: int = 200
+    steps_adapt: int = 150
+    lr: float = 2e-3
+    eval_every: int = 20
+    eval_blocks: int = 48
+    replay: float = 0.3  # share of adaptation batches from the source domain
+    teacher_mode: str = "cached"  # top-K caches, built once per teacher and shard
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls) -> DemoConfig:
+        """A few steps of everything: the test suite's end-to-end check."""
+        small = ModelShape(layers=2, hidden=32, heads=2, ffn=64)
+        return cls(
+            vocab_size=400,
+            block_size=32,
+            batch_size=8,
+            g1=small,
+            expert=small,
+            g2=ModelShape(layers=2, hidden=48, heads=2, ffn=96),
+            g3=ModelShape(layers=3, hidden=64, heads=2, ffn=128),
+            steps_g1=8,
+            steps_g2=6,
+            steps_g3=6,
+            steps_adapt=4,
+            eval_every=3,
+            eval_blocks=4,
+            quick=True,
+        )
+
+
+@dataclass
+class DemoState:
+    ws: Workspace
+    cfg: DemoConfig
+    console: Console
+    outcomes: dict[str, TrainOutcome] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def train(self, name: str, job: TrainJob) -> TrainOutcome:
+        outcome = run_training(self.ws, job, progress=not self.cfg.quick)
+        self.outcomes[name] = outcome
+        final = {d: round(e.ppl, 2) for d, e in outcome.result.final_eval.items()}
+        self.console.print(f"  [bold]{name}[/]: {outcome.result.step} steps, valid PPL {final}")
+        return outcome
+
+    def config(self, steps: int) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(
+            steps=steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            eval_every=c.eval_every,
+            eval_blocks=c.eval_blocks,
+            checkpoint_every=max(steps // 2, 1),
+            log_every=max(steps // 20, 1),
+        )
+
+    def job(
+        self, student: str, output: str, domains: tuple[str, ...], steps: int, **kw: Any
+    ) -> TrainJob:
+        return TrainJob(
+            student=student,
+            output=output,
+            domains=domains,
+            block_size=self.cfg.block_size,
+            config=self.config(steps),
+            **kw,
+        )
+
+
+def step_domains(st: DemoState) -> None:
+    """1. The bundled corpora become domains; their vocabulary proximity (paper's Table 8)."""
+    for name in bundled_domains():
+        _, report = add_domain(
+            st.ws, name, [bundled_domains_dir() / name], valid_every=st.cfg.valid_every
+        )
+        st.console.print(f"  {name}: {report.documents:,} documents, {report.bytes / 1e6:.2f} MB")
+    names, matrix = compute_proximity(st.ws)
+    table = Table("proximity", *names, title="vocabulary overlap of the top-10k words")
+    for name, row in zip(names, matrix, strict=True):
+        table.add_row(name, *(f"{v:.1%}" for v in row))
+    st.console.print(table)
+    plots.heatmap(matrix, names, names, st.ws.plots_dir / "proximity.png", title="domain proximity")
+    st.summary["proximity"] = {"domains": names, "matrix": matrix.round(4).tolist()}
+
+
+def step_first_generation(st: DemoState) -> None:
+    """2. Shared tokenizer; G1 on the general domain; small experts on the others."""
+    c = st.cfg
+    tok = train_workspace_tokenizer(st.ws, "shared", bundled_domains(), vocab_size=c.vocab_size)
+    st.console.print(f"  tokenizer 'shared': {tok.vocab_size} tokens")
+    for name, shape, domain, seed in (
+        ("g1", c.g1, GENERAL, 1),
+        ("expert-cs", c.expert, "cs", 2),
+        ("expert-bio", c.expert, "bio", 3),
+    ):
+        _create(st, f"{name}-init", shape, seed)
+        st.train(name, st.job(f"{name}-init", name, (domain,), c.steps_g1))
+
+
+def _create(st: DemoState, name: str, shape: ModelShape, seed: int) -> None:
+    create_workspace_model(
+        st.ws,
+        name,
+        family="roberta",
+        shape=shape,
+        tokenizer="shared",
+        seed=seed,
+        max_positions=st.cfg.block_size + 2,
+    )
+
+
+def step_generations(st: DemoState) -> None:
+    """3. G1 -> G2 by KI (the router's plan) beside G2 by SL; then G3 from G2-KI, G2-SL and G1."""
+    c = st.cfg
+    _create(st, "g2-init", c.g2, 4)
+    st.train("g2-sl", st.job("g2-init", "g2-sl", (GENERAL,), c.steps_g2))
+    plan = create_plan(
+        st.ws, student="g2-init", domains=[GENERAL], teachers="auto", steps=c.steps_g2
+    )
+    teachers = sorted({s["teacher"] for s in plan.spec["shards"] if s["teacher"]})
+    st.console.print(
+        f"  plan {plan.name!r}: every {GENERAL} shard taught by {', '.join(teachers) or 'nobody'}"
+    )
+    st.train(
+        "g2-ki",
+        TrainJob(
+            "g2-init",
+            "g2-ki",
+            strategy="ki",
+            plan=plan.name,
+            block_size=c.block_size,
+            config=st.config(c.steps_g2),
+        ),
+    )
+    _create(st, "g3-init", c.g3, 5)
+    for teacher in ("g2-ki", "g2-sl", "g1"):
+        name = f"g3-from-{teacher}"
+        st.train(
+            name,
+            st.job("g3-init", name, (GENERAL,), c.steps_g3, strategy="ki", teachers=(teacher,)),
+        )
+
+
+def _reach_table(
+    st: DemoState, title: str, baseline: str, runs: list[str], domain: str
+) -> list[dict]:
+    """Steps each run needs to reach the baseline's final valid PPL (the paper's measure)."""
+    base = st.outcomes[baseline].result
+    target = base.final_eval[domain].ppl
+    rows = []
+    for name in [baseline, *runs]:
+        r = st.outcomes[name].result
+        reached = steps_to_reach(r.history, domain, target)
+        rows.append(
+            {
+                "run": name,
+                "final_ppl": round(r.final_eval[domain].ppl, 2),
+                "steps_to_baseline": reached,
+                "saving": saving(base.step, reached),
+            }
+        )
+    table = Table("run", f"final {domain} PPL", f"steps to {target:.1f}", "saved", title=title)
+    for row in rows:
+        saved = "—" if row["saving"] is None else f"{row['saving']:.0%}"
+        table.add_row(
+            row["run"],
+            f"{row['final_ppl']:.2f}",
+            str(row["steps_to_baseline"] or "not reached"),
+            saved,
+        )
+    st.console.print(table)
+    return rows
+
+
+def step_summary(st: DemoState) -> None:
+    """6. What each method saved or lost; PNG plots; where to look next."""
+    st.summary["ki_vs_sl"] = _reach_table(
+        st, "KI vs self-learning (G2)", "g2-sl", ["g2-ki"], GENERAL
+    )
+    st.summary["generations"] = {
+        name: round(st.outcomes[name].result.final_eval[GENERAL].ppl, 2)
+        for name in ("g3-from-g2-ki", "g3-from-g2-sl", "g3-from-g1")
+        if name in st.outcomes
+    }
+    series = {
+        n: curve(st.outcomes[n].result.history, GENERAL)
+        for n in st.outcomes
+        if n.startswith(("g2", "g3"))
+    }
+    plots.curves(
+        series,
+        st.ws.plots_dir / "valid-ppl.png",
+        title=f"valid PPL on {GENERAL}",
+        xlabel="step",
+        ylabel="perplexity",
+        logy=True,
+    )
+    reg = st.ws.registry
+    models = [m.name for m in reg.models()]
+    edges = [(e.parent, e.child, e.kind) for e in reg.edges()]
+    plots.lineage_graph(
+        models, edges, {m: reg.generation(m) for m in models}, st.ws.plots_dir / "lineage.png"
+    )
+    st.summary["timings_s"] = {k: round(v, 1) for k, v in st.timings.items()}
+    (st.ws.root / "demo-summary.json").write_text(json.dumps(st.summary, indent=2, default=str))
+    st.console.print(f"plots in {st.ws.plots_dir}; summary in {st.ws.root / 'demo-summary.json'}")
+    st.console.print(
+        f"compare the runs: [bold]lineage -w {st.ws.root} ui[/] then open http://127.0.0.1:5000"
+    )
+
+
+STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
+    ("domains", step_domains),
+    ("first generation", step_first_generation),
+    ("generations", step_generations),
+    ("summary", step_summary),
+]
+
+
+def run_demo(
+    path: Path, cfg: DemoConfig | None = None, console: Console | None = None
+) -> dict[str, Any]:
+    """Build the demo family in a new workspace at ``path`` (refuses an existing folder)."""
+    cfg = cfg or DemoConfig()
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise LineageError(f"{path} exists and is not empty: the demo needs a fresh folder")
+    console = console or Console()
+    ws = Workspace.init(path)
+    st = DemoState(ws, cfg, console)
+    try:
+        for i, (title, step) in enumerate(STEPS, 1):
+            console.rule(f"[bold]{i}. {title}")
+            started = time.perf_counter()
+            step(st)
+            st.timings[title] = time.perf_counter() - started
+    finally:
+        ws.close()
+    return st.summary | {"config": dataclasses.asdict(cfg)}
