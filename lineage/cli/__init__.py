@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli import db, domain, edge, model, plan, report, route, tokenizer
+from lineage.cli import cache, db, domain, edge, model, plan, report, route, tokenizer
 from lineage.cli.adapt import adapt_command
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
+from lineage.cli.demo import demo
 from lineage.cli.grow import grow
+from lineage.cli.train import train
+from lineage.cli.ui import ui
 from lineage.graph import FORMATS, render
 from lineage.workspace import ENV_VAR, Workspace
 
@@ -23,7 +26,11 @@ app.add_typer(edge.app, name="edge")
 app.add_typer(plan.app, name="plan")
 app.command("route")(route.route)
 app.add_typer(tokenizer.app, name="tokenizer")
+app.command()(ui)
+app.command()(train)
+app.command()(demo)
 app.command()(grow)
+app.add_typer(cache.app, name="cache")
 app.command("adapt")(adapt_command)
 app.add_typer(report.app, name="report")
 
