@@ -107,6 +107,19 @@ def train_teachers(
     return teachers
 
 
+def measure_all(
+    meter: PerplexityMeter, teachers: list[CandidateInfo], docs: list[str]
+) -> dict[str, float]:
+    """Every teacher's perplexity on ``docs``."""
+    out = {}
+    for t in teachers:
+        ppl = meter(t, docs)
+        if ppl is None:
+            raise SystemExit(f"a slice is too short to measure {t.name} on")
+        out[t.name] = ppl
+    return out
+
+
 def regret(
     profiles: dict[str, VocabularyProfile], train: dict, held: dict, n: int, steps: int
 ) -> None:
@@ -118,7 +131,7 @@ def regret(
         # Slices n.. of each domain stand in for its valid split: "registry" perplexities.
         registry = {}
         for d in NAMES:
-            rows = [{t.name: meter(t, s) for t in teachers} for s in slices(held[d], n + 5, SLICE)]
+            rows = [measure_all(meter, teachers, s) for s in slices(held[d], n + 5, SLICE)]
             registry[d] = {
                 t: math.exp(np.mean([math.log(r[t]) for r in rows[n:]])) for t in rows[0]
             }
@@ -126,7 +139,7 @@ def regret(
                 f"   ppl on {d:10s}: " + " ".join(f"{t} {p:6.1f}" for t, p in registry[d].items())
             )
         shards = [(d, s) for d in NAMES for s in slices(held[d], n, SLICE)]
-        table = [{t.name: meter(t, docs) for t in teachers} for _, docs in shards]
+        table = [measure_all(meter, teachers, docs) for _, docs in shards]
         print(f"   measured perplexities in {time.perf_counter() - start:.1f} s")
         evaluated = [replace(t, ppl={d: registry[d][t.name] for d in NAMES}) for t in teachers]
         for label, router in (
@@ -134,7 +147,7 @@ def regret(
             ("+ registry ppl", Router(profiles, evaluated)),
             ("+ measured ppl", Router(profiles, teachers, measurer=meter, sample_docs=SLICE)),
         ):
-            report, out = evaluate_router(router, shards, perplexities=table)  # type: ignore[arg-type]
+            report, out = evaluate_router(router, shards, perplexities=table)
             picks = " ".join(f"{t} {sum(a.teacher == t for a in out)}" for t in table[0])
             print(
                 f"   {label:15s} regret {report.regret:.3f} nats, oracle agreement "

@@ -28,6 +28,7 @@ and loading models for ``measure=True``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,7 +74,7 @@ class RouterWeights:
     parameters of BASE_WB, is the better CS teacher), so at the default weights a proximity
     gap of 0.1 equals a 1.5× parameter ratio, and the in- vs out-of-domain gap of the bundled
     domains (~0.45) would need a ~6× larger teacher to overturn. A perplexity is direct
-    evidence, so one nat of perplexity ratio outweighs any proximity gap in [0, 1].
+    evidence: one nat of perplexity ratio weighs as much as the widest proximity gap (0 to 1).
     """
 
     proximity: float = 2.0  # per unit of proximity (a share in [0, 1])
@@ -197,7 +198,9 @@ class DomainIndex:
             cols = [self.column[w] for w in profile.top_words]
             self.ranks[d, cols] = np.arange(1, len(cols) + 1, dtype=np.int32)
         self.sizes = np.array([len(p.top_words) for p in self.profiles.values()], dtype=np.int64)
-        self._last: tuple[VocabularyProfile, tuple[np.ndarray, ...]] | None = None
+        self._last: tuple[VocabularyProfile, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = (
+            None
+        )
 
     def _lookup(self, shard: VocabularyProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(columns [m], counts [m], shard ranks [m]) of the shard's top words the index knows.
@@ -505,7 +508,7 @@ class Router:
         domain, proximity = self.nearest_domain(profile)
         measured: dict[str, float | None] = {}
         if self.measurer is not None:
-            sample = _take(item.docs(), self.sample_docs)
+            sample = list(itertools.islice(item.docs(), self.sample_docs))
             models = [*self.candidates, *([self.student] if self.student else [])]
             measured = {m.name: self.measurer(m, sample) for m in models} if sample else {}
         scores = score_candidates(
@@ -532,15 +535,6 @@ class Router:
             student_ppl=student_ppl,
             scores=tuple(scores),
         )
-
-
-def _take(docs: Iterable[str], n: int) -> list[str]:
-    out = []
-    for doc in docs:
-        out.append(doc)
-        if len(out) == n:
-            break
-    return out
 
 
 def router_for(ws: Workspace, **kwargs: Any) -> Router:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -178,7 +179,7 @@ def test_make_schedule_defaults(ws: Workspace, tmp_path: Path) -> None:
 
 def test_spec_validation() -> None:
     sched = InheritanceSchedule(kind="linear", total_steps=10, guided_steps=5).to_dict()
-    shard = {
+    shard: dict[str, Any] = {
         "shard_id": 1,
         "domain": "cs",
         "name": "s",
@@ -190,7 +191,7 @@ def test_spec_validation() -> None:
         "guided_steps": 5,
         "scores": [],
     }
-    good = {
+    good: dict[str, Any] = {
         "version": PLAN_VERSION,
         "student": "st",
         "domains": ["cs"],
@@ -204,7 +205,7 @@ def test_spec_validation() -> None:
         "shards": [shard],
     }
     assert PlanSpec.from_dict(good).to_dict() == good
-    bad_cases = [
+    bad_cases: list[tuple[dict[str, Any], str]] = [
         ({"version": 99}, "version"),
         ({"steps": 20}, "total_steps"),
         ({"student": "t"}, "itself"),

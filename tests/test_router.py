@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -111,9 +112,9 @@ def test_nearest_domain_accuracy_on_held_out_slices(measure: str) -> None:
     assert sum(sum(row.values()) for row in report.confusion.values()) == 60
 
 
-def cand(name: str, domain: str | None, **kw: object) -> CandidateInfo:
+def cand(name: str, domain: str | None, n_params: float = 1e6, **kw: Any) -> CandidateInfo:
     domains = {domain: domain_profile(domain)} if domain else {}
-    return CandidateInfo(name=name, domains=domains, **{"n_params": 1_000_000, **kw})  # type: ignore[arg-type]
+    return CandidateInfo(name=name, n_params=int(n_params), domains=domains, **kw)
 
 
 def test_bigger_or_lower_ppl_teacher_wins_a_proximity_tie() -> None:
@@ -224,6 +225,21 @@ def test_perplexity_meter_on_a_tiny_model(make_model_dir: Callable[..., Path]) -
     assert first is not None and math.isfinite(first) and first > 1.0
     assert first == second  # deterministic, model loaded once
     assert meter(model, ["too short"]) is None
+
+
+def test_measure_from_workspace(ws: Workspace, make_model_dir: Callable[..., Path]) -> None:
+    for name in ("cs", "bio"):
+        ws.registry.add_domain(name, profile=domain_profile(name).to_dict())
+    ws.register_model(make_model_dir("a", family="gpt2"), domains=["cs"])
+    ws.register_model(make_model_dir("b", family="gpt2", layers=3), domains=["bio"])
+    text = "\n".join(held_slices("cs", 1)[0][:6])
+    (plain,) = Router.from_workspace(ws).route(text)
+    assert plain.teacher == "a" and all(s.ppl is None for s in plain.scores)
+    (a,) = Router.from_workspace(ws, measure=True, student="b").route(text)
+    assert [s.model for s in a.scores] == ["a"] and a.scores[0].ppl_source == "measured"
+    assert a.scores[0].ppl is not None and a.student_ppl is not None
+    # Random tiny models: whichever is lower decides; the verdict follows the numbers.
+    assert (a.teacher == "a") == (a.scores[0].ppl < a.student_ppl)
 
 
 def test_route_inputs(ws: Workspace, tmp_path: Path) -> None:

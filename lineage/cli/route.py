@@ -16,7 +16,7 @@ def route(
     ctx: typer.Context,
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Text files (documents separated by blank lines; .gz too)."),
+        typer.Argument(help="Corpus files (blank-line separated documents; .gz, .jsonl)."),
     ] = None,
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="A text to route (repeatable).")
