@@ -21,10 +21,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lineage import plots
+from lineage.adaptation import AdaptJob, adapt
 from lineage.compare import curve, saving, steps_to_reach
 from lineage.domains import add_domain, bundled_domains, bundled_domains_dir, compute_proximity
 from lineage.errors import LineageError
-from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
+from lineage.forgetting import forgetting_report
+from lineage.lifecycle import (
+    create_workspace_model,
+    grow_workspace_model,
+    train_workspace_tokenizer,
+)
 from lineage.modeling import ModelShape
 from lineage.plans import create_plan
 from lineage.trainer import TrainConfig
@@ -76,6 +82,7 @@ class DemoConfig:
             eval_every=3,
             eval_blocks=4,
             quick=True,
+            teacher_mode="online",  # a few steps do not pay for caching whole domains
         )
 
 
@@ -110,6 +117,8 @@ class DemoState:
     def job(
         self, student: str, output: str, domains: tuple[str, ...], steps: int, **kw: Any
     ) -> TrainJob:
+        if kw.get("strategy") == "ki":
+            kw.setdefault("teacher_mode", self.cfg.teacher_mode)
         return TrainJob(
             student=student,
             output=output,
@@ -167,24 +176,19 @@ def step_generations(st: DemoState) -> None:
     c = st.cfg
     _create(st, "g2-init", c.g2, 4)
     st.train("g2-sl", st.job("g2-init", "g2-sl", (GENERAL,), c.steps_g2))
+    # The first generation offers itself: the router picks, per shard, among G1 and the experts.
     plan = create_plan(
-        st.ws, student="g2-init", domains=[GENERAL], teachers="auto", steps=c.steps_g2
+        st.ws,
+        student="g2-init",
+        domains=[GENERAL],
+        steps=c.steps_g2,
+        teachers=["g1", "expert-cs", "expert-bio"],
     )
     teachers = sorted({s["teacher"] for s in plan.spec["shards"] if s["teacher"]})
     st.console.print(
-        f"  plan {plan.name!r}: every {GENERAL} shard taught by {', '.join(teachers) or 'nobody'}"
+        f"  plan {plan.name!r}: the {GENERAL} shards are taught by {', '.join(teachers) or 'nobody'}"
     )
-    st.train(
-        "g2-ki",
-        TrainJob(
-            "g2-init",
-            "g2-ki",
-            strategy="ki",
-            plan=plan.name,
-            block_size=c.block_size,
-            config=st.config(c.steps_g2),
-        ),
-    )
+    st.train("g2-ki", st.job("g2-init", "g2-ki", (), c.steps_g2, strategy="ki", plan=plan.name))
     _create(st, "g3-init", c.g3, 5)
     for teacher in ("g2-ki", "g2-sl", "g1"):
         name = f"g3-from-{teacher}"
@@ -192,6 +196,97 @@ def step_generations(st: DemoState) -> None:
             name,
             st.job("g3-init", name, (GENERAL,), c.steps_g3, strategy="ki", teachers=(teacher,)),
         )
+
+
+def step_growth(st: DemoState) -> None:
+    """4. bert2BERT: G2 grown from G1 with AKI, then trained with KI from G1."""
+    c = st.cfg
+    _, report = grow_workspace_model(
+        st.ws,
+        "g1",
+        "g2-aki",
+        layers=c.g2.layers,
+        hidden=c.g2.hidden,
+        heads=c.g2.heads,
+        ffn=c.g2.ffn,
+        method="aki",
+        sample_domain=GENERAL,
+        block_size=c.block_size,
+    )
+    st.summary["growth"] = {
+        "source_ppl": round(report.source_eval.ppl, 2),
+        "grown_ppl": round(report.grown_eval.ppl, 2),
+    }
+    st.console.print(
+        f"  g1 {c.g1.layers}x{c.g1.hidden} -> g2-aki {c.g2.layers}x{c.g2.hidden}: valid PPL "
+        f"{report.source_eval.ppl:.1f} -> {report.grown_eval.ppl:.1f} before training "
+        "(AKI breaks symmetry, so it is not exactly function-preserving)"
+    )
+    st.train(
+        "g2-aki-ki",
+        st.job("g2-aki", "g2-aki-ki", (GENERAL,), c.steps_g2, strategy="ki", teachers=("g1",)),
+    )
+
+
+def step_adaptation(st: DemoState) -> None:
+    """5. G2 (by KI) adapts to cs and bio: SL, KI from routed experts, KI + replay (+ self-KI)."""
+    c = st.cfg
+    variants = {
+        "sl": {"strategy": "sl"},
+        "ki": {"strategy": "ki"},
+        "ki-replay": {"strategy": "ki", "replay": c.replay},
+        "ki-replay-selfki": {"strategy": "ki", "replay": c.replay, "self_ki": True},
+    }
+    names = []
+    for label, kw in variants.items():
+        output = f"g2-adapt-{label}"
+        job = AdaptJob(
+            model="g2-ki",
+            domains=("cs", "bio"),
+            output=output,
+            block_size=c.block_size,
+            config=st.config(c.steps_adapt),
+            teacher_mode=c.teacher_mode,
+            **kw,
+        )
+        (adapted,) = adapt(st.ws, job, progress=not c.quick)
+        st.outcomes[output] = adapted.outcome
+        names.append(output)
+        final = {d: round(e.ppl, 1) for d, e in adapted.outcome.result.final_eval.items()}
+        st.console.print(f"  [bold]{output}[/]: valid PPL {final}; plan {adapted.plan or '-'}")
+    report = forgetting_report(st.ws, names, plot=st.ws.plots_dir / "forgetting.png")
+    table = Table(
+        "method",
+        "cs PPL",
+        "bio PPL",
+        f"{GENERAL} before",
+        f"{GENERAL} after",
+        "forgot",
+        title=f"adaptation to cs + bio: target gain vs forgetting of {GENERAL}",
+    )
+    rows = []
+    for chain in report.chains:
+        final = st.outcomes[chain.model].result.final_eval
+        f = chain.forgetting.get(GENERAL)
+        row = {
+            "method": chain.model,
+            "cs": final["cs"].ppl,
+            "bio": final["bio"].ppl,
+            "before": f.before if f else None,
+            "after": f.after if f else None,
+            "ratio": f.ratio if f else None,
+        }
+        rows.append(row)
+        table.add_row(
+            chain.model,
+            f"{row['cs']:.1f}",
+            f"{row['bio']:.1f}",
+            f"{row['before']:.1f}" if f else "-",
+            f"{row['after']:.1f}" if f else "-",
+            f"{row['ratio'] - 1:+.0%}" if f else "-",
+        )
+    st.console.print(table)
+    st.summary["adaptation"] = rows
 
 
 def _reach_table(
@@ -266,6 +361,8 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
     ("domains", step_domains),
     ("first generation", step_first_generation),
     ("generations", step_generations),
+    ("growth", step_growth),
+    ("adaptation and forgetting", step_adaptation),
     ("summary", step_summary),
 ]
 
