@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from lineage.data import IGNORE_INDEX, Batch, mlm_mask
 from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.files import sha256_file
 
 if TYPE_CHECKING:  # transformers is slow to import and only named in annotations here
     from transformers import PreTrainedModel
@@ -213,11 +214,6 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def teacher_topk(
     teacher: torch.nn.Module, input_ids: Tensor, labels: Tensor, k: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -345,7 +341,7 @@ def _build_part(
 
 
 def _file_info(path: Path) -> FileInfo:
-    return FileInfo(sha256=file_sha256(path), bytes=path.stat().st_size)
+    return FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
 def _part_span(n_blocks: int, world: int, rank: int) -> tuple[int, int]:
@@ -528,7 +524,7 @@ def _load_checked(path: Path, info: FileInfo, verify: bool) -> np.ndarray:
     size = path.stat().st_size
     if size != info.bytes:
         raise LineageError(f"{path}: {size} bytes, manifest says {info.bytes} (truncated?)")
-    if verify and file_sha256(path) != info.sha256:
+    if verify and sha256_file(path) != info.sha256:
         raise LineageError(f"{path}: sha256 differs from the manifest (corrupted)")
     try:
         return np.load(path, mmap_mode="r")

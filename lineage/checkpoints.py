@@ -16,16 +16,11 @@ file truncated or corrupted later is reported by name instead of being half-load
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,58 +31,13 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from lineage.errors import LineageError
+from lineage.files import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``final``; rename it to ``final`` on success.
-
-    On an exception the temporary directory is removed and ``final`` is untouched. With
-    ``overwrite`` an existing ``final`` is swapped out (renamed aside, then deleted) so readers
-    never see a mixture of old and new files.
-    """
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise LineageError(f"{final} already exists (refusing to overwrite it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush file contents before the rename makes them visible (crash consistency)."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lineage.errors import LineageError
+from lineage.files import sha256_file
 
 if TYPE_CHECKING:  # keeps `import lineage.data` free of transformers
     from lineage.tokenizer import TokenizerInfo
@@ -204,7 +205,7 @@ def tokenize_to_blocks(
         tokens=n_blocks * block_size,
         documents=n_docs,
         dtype=dtype.name,
-        digest=_sha256(out_path),
+        digest=sha256_file(out_path),
     )
 
 
@@ -221,14 +222,6 @@ def _raw_to_npy(raw: Path, out_path: Path, dtype: np.dtype, shape: tuple[int, in
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_blocks(path: Path) -> np.ndarray:

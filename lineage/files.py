@@ -1,13 +1,17 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic file writes (temporary name in the same folder, then rename) and file digests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from lineage.errors import LineageError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,20 +33,43 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary sibling folder that replaces ``target`` on success and is removed on error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; rename it to ``final`` on success.
+
+    On an exception the temporary folder is removed and ``final`` is untouched. With
+    ``overwrite`` an existing ``final`` is swapped out (renamed aside, then deleted), so readers
+    never see a mixture of old and new files.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise LineageError(f"{final} already exists (refusing to overwrite it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename makes them visible (crash consistency)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

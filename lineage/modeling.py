@@ -25,8 +25,8 @@ from transformers import (
     RobertaConfig,
 )
 
-from lineage.checkpoints import atomic_dir
 from lineage.errors import LineageError
+from lineage.files import atomic_dir
 from lineage.modelinfo import read_model_info
 from lineage.tokenizer import load_tokenizer
 

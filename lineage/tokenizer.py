@@ -15,8 +15,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lineage.checkpoints import atomic_dir
 from lineage.errors import LineageError
+from lineage.files import atomic_dir
 from lineage.modelinfo import tokenizer_fingerprint
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")  # ids 0..4, in this order
