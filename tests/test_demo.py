@@ -1,0 +1,64 @@
+"""`lineage demo --quick` end to end: the registry, the MLflow runs and the files it leaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from lineage.cli import app
+from lineage.workspace import Workspace
+
+
+@pytest.mark.slow
+def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(root), "--quick"])
+    assert result.exit_code == 0, result.output
+    for heading in ("1. domains", "3. generations", "5. adaptation and forgetting", "6. summary"):
+        assert heading in result.output
+
+    ws = Workspace.open(root)
+    reg = ws.registry
+    names = {m.name for m in reg.models()}
+    assert {"g1", "expert-cs", "expert-bio", "g2-sl", "g2-ki", "g2-aki", "g2-aki-ki"} <= names
+    assert {"g3-from-g2-ki", "g3-from-g2-sl", "g3-from-g1"} <= names
+    edges = {(e.parent, e.child, e.kind) for e in reg.edges()}
+    assert ("g1", "g2-ki", "ki") in edges  # the router's plan chose G1 for literature
+    assert ("g2-ki", "g3-from-g2-ki", "ki") in edges
+    assert ("g1", "g2-aki", "grow") in edges and ("g1", "g2-aki-ki", "ki") in edges
+    assert reg.generation("g3-from-g2-ki") == 3
+    adapted = {e.child: e for e in reg.edges() if e.parent == "g2-ki" and e.kind == "adapt"}
+    assert {"g2-adapt-sl", "g2-adapt-ki", "g2-adapt-ki-replay", "g2-adapt-ki-replay-selfki"} <= set(
+        adapted
+    )
+    teachers = {e.parent for e in reg.edges("g2-adapt-ki") if e.kind == "ki"}
+    assert teachers >= {"expert-cs", "expert-bio"}  # routed domain experts taught the new domains
+    assert {e.domain for e in reg.evaluations(model="g2-adapt-ki")} >= {"cs", "bio", "literature"}
+    assert reg.latest_proximity("overlap") is not None
+
+    client = MlflowClient(ws.tracking_uri)
+    experiment = client.get_experiment_by_name(ws.config.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], max_results=200)
+    trained = [r for r in runs if "lineage.model" in r.data.tags]
+    assert len(trained) >= 15 and all(r.info.status == "FINISHED" for r in trained)
+    ki_run = next(r for r in trained if r.data.tags["lineage.model"] == "g2-adapt-ki")
+    assert any(k.startswith("forgetting/") for k in ki_run.data.metrics)
+    assert any(k.startswith("alpha/") for k in ki_run.data.metrics)
+
+    for png in ("proximity.png", "valid-ppl.png", "forgetting.png", "lineage.png"):
+        assert (ws.plots_dir / png).stat().st_size > 5_000, png
+    summary = json.loads((root / "demo-summary.json").read_text())
+    assert {"proximity", "ki_vs_sl", "generations", "growth", "adaptation"} <= set(summary)
+    assert summary["ki_vs_sl"][0]["run"] == "g2-sl"
+    ws.close()
+
+
+def test_demo_refuses_a_used_folder(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", str(tmp_path), "--quick"])
+    assert result.exit_code == 1 and "not empty" in result.output
+    assert (tmp_path / "keep.txt").read_text() == "mine"
