@@ -38,6 +38,8 @@ from lineage.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace
 
 GENERAL = "literature"
+# Adaptation's candidate teachers: the first generation (not the other adapted variants).
+FIRST_GENERATION = ("g1", "expert-cs", "expert-bio")
 
 
 @dataclass(frozen=True)
@@ -233,9 +235,14 @@ def step_adaptation(st: DemoState) -> None:
     c = st.cfg
     variants = {
         "sl": {"strategy": "sl"},
-        "ki": {"strategy": "ki"},
-        "ki-replay": {"strategy": "ki", "replay": c.replay},
-        "ki-replay-selfki": {"strategy": "ki", "replay": c.replay, "self_ki": True},
+        "ki": {"strategy": "ki", "teachers": FIRST_GENERATION},
+        "ki-replay": {"strategy": "ki", "teachers": FIRST_GENERATION, "replay": c.replay},
+        "ki-replay-selfki": {
+            "strategy": "ki",
+            "teachers": FIRST_GENERATION,
+            "replay": c.replay,
+            "self_ki": True,
+        },
     }
     names = []
     for label, kw in variants.items():
@@ -346,8 +353,8 @@ def step_summary(st: DemoState) -> None:
         logy=True,
     )
     reg = st.ws.registry
-    models = [m.name for m in reg.models()]
     edges = [(e.parent, e.child, e.kind) for e in reg.edges()]
+    models = sorted({n for e in edges for n in e[:2]})  # random inits stand alone: left out
     plots.lineage_graph(
         models, edges, {m: reg.generation(m) for m in models}, st.ws.plots_dir / "lineage.png"
     )

@@ -26,7 +26,10 @@ def heatmap(
     """An annotated heatmap, written to ``path`` (PNG)."""
     data = np.asarray(matrix, dtype=float)
     assert data.shape == (len(rows), len(cols)), (data.shape, len(rows), len(cols))
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.0 + 0.8 * len(rows)))
+    # Room for the longest row label and the title, then ~1.1 inch per column.
+    label_in = 0.08 * max((len(r) for r in rows), default=4)
+    width = max(label_in + 1.6 + 1.1 * len(cols), 0.09 * len(title) + 1.0)
+    fig, ax = plt.subplots(figsize=(width, 1.0 + 0.8 * len(rows)))
     image = ax.imshow(data, cmap=cmap)
     ax.set_xticks(range(len(cols)), labels=list(cols), rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels=list(rows))
