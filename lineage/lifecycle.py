@@ -25,10 +25,10 @@ from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
 from lineage.modelinfo import read_model_info
 from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
+from lineage.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.tokenizer import TokenizerInfo, copy_tokenizer_files, load_tokenizer, train_tokenizer
 from lineage.workspace import Workspace
 
-DEFAULT_BLOCK_SIZE = 128
 GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights
 
 

@@ -22,3 +22,12 @@ def test_import_is_light_and_cli_runs_as_a_module() -> None:
 
 def test_all_lists_every_export() -> None:
     assert sorted(lineage.__all__) == sorted(lineage._EXPORTS)
+
+
+def test_cli_spells_the_growth_methods_like_the_library() -> None:
+    from typing import get_args
+
+    from lineage.cli.grow import METHODS
+    from lineage.growth import GrowthMethod
+
+    assert get_args(GrowthMethod) == METHODS

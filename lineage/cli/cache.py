@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from lineage.cache import open_cache
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.teachers import build_caches
+from lineage.shapes import DEFAULT_BLOCK_SIZE
 
 app = make_app("Teacher logit caches: top-K predictions computed once per teacher and shard.")
 
@@ -32,6 +30,8 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Run the teacher once over the domains' training blocks and store its top-K logits."""
+    from lineage.teachers import build_caches
+
     caches = build_caches(
         workspace(ctx), teacher, domain, top_k=top_k, block_size=block_size, progress=not as_json
     )
@@ -72,6 +72,8 @@ def list_(
 @app.command()
 def verify(path: Path) -> None:
     """Re-hash every file of a cache against its manifest."""
+    from lineage.cache import open_cache
+
     cache = open_cache(path, verify=True)
     console.print(
         f"ok: {path} ({cache.manifest.n_blocks} blocks, teacher {cache.meta.teacher_name})"

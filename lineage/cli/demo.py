@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from lineage.cli.common import console, emit_json
-from lineage.demo import DemoConfig, run_demo
 
 
 def fresh_folder(base: Path) -> Path:
@@ -33,6 +32,8 @@ def demo(
     ] = False,
 ) -> None:
     """Build a model family on the bundled domains: KI, generations, growth, adaptation."""
+    from lineage.demo import DemoConfig, run_demo
+
     path = directory or fresh_folder(Path("lineage-demo").resolve())
     summary = run_demo(path, DemoConfig.quick_config() if quick else DemoConfig(), console=console)
     if as_json:

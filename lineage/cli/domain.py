@@ -11,7 +11,6 @@ from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
 from lineage.domains import add_domain, bundled_domains, bundled_domains_dir, compute_proximity
 from lineage.errors import LineageError
-from lineage.plots import heatmap
 
 app = make_app("Domains: named bodies of text, their shards, profiles and proximity.")
 
@@ -139,6 +138,8 @@ def proximity(
     as_json: JsonOption = False,
 ) -> None:
     """Vocabulary-overlap proximity between domains (the paper's Table 8); stored and plotted."""
+    from lineage.plots import heatmap  # matplotlib loads only when a plot is drawn
+
     ws = workspace(ctx)
     names, matrix = compute_proximity(ws, measure=measure)
     measure = measure or ws.config.profiles.measure

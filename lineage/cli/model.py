@@ -9,8 +9,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE, create_workspace_model, evaluate_model
-from lineage.modeling import FAMILIES, PRESETS, ModelShape
+from lineage.shapes import DEFAULT_BLOCK_SIZE, FAMILIES, PRESETS, ModelShape
 
 app = make_app("Models: Hugging Face checkpoints in the registry.")
 
@@ -140,6 +139,8 @@ def create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a randomly initialised model (safetensors) from a preset or explicit shape."""
+    from lineage.lifecycle import create_workspace_model
+
     if preset is not None:
         shape: ModelShape | str = preset
     elif layers and hidden and heads:
@@ -179,6 +180,8 @@ def eval_(
     as_json: JsonOption = False,
 ) -> None:
     """Perplexity on domains' valid splits (MLM: fixed-mask pseudo-perplexity); stored."""
+    from lineage.lifecycle import evaluate_model
+
     evals = evaluate_model(
         workspace(ctx), name, domain, block_size=block_size, max_blocks=max_blocks
     )

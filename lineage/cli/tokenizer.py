@@ -8,7 +8,6 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.lifecycle import train_workspace_tokenizer
 
 app = make_app("Tokenizers: byte-level BPE vocabularies shared by teachers and students.")
 
@@ -27,6 +26,8 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on domains' train text and register its fingerprint."""
+    from lineage.lifecycle import train_workspace_tokenizer
+
     tok = train_workspace_tokenizer(
         workspace(ctx), name, domain, vocab_size=vocab_size, min_frequency=min_frequency
     )

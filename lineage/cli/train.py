@@ -7,9 +7,7 @@ from typing import Annotated
 import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, run_training
+from lineage.shapes import DEFAULT_BLOCK_SIZE
 
 
 def train(
@@ -65,6 +63,9 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
+    from lineage.trainer import TrainConfig
+    from lineage.training import TrainJob, run_training
+
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
