@@ -48,6 +48,7 @@ class AdaptJob:
     output: str | None = None  # new model's name (LoRA over several domains: <output>-<domain>)
     strategy: str = "ki"  # "ki": teachers per shard (router or plan); "sl": self-learning
     plan: str | None = None  # a stored plan (name or id) instead of routing now
+    teachers: tuple[str, ...] = ()  # the router's candidates (default: every compatible model)
     lora: LoraSpec | None = None  # one LoRA adapter per domain instead of full fine-tuning
     replay: float = 0.0  # share R of batches replaying the source domains ("reviewing")
     self_ki: bool = False  # replay batches taught by the model's own pre-adaptation predictions
@@ -65,8 +66,10 @@ class AdaptJob:
             raise LineageError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if not self.domains and self.plan is None:
             raise LineageError("name at least one --domain to adapt to")
-        if self.plan is not None and self.strategy != "ki":
-            raise LineageError("a --plan gives KI teachers: use --strategy ki")
+        if (self.plan is not None or self.teachers) and self.strategy != "ki":
+            raise LineageError("--plan and --teacher choose KI teachers: use --strategy ki")
+        if self.plan is not None and self.teachers:
+            raise LineageError("give --plan or --teacher candidates, not both")
         if self.plan is not None and self.lora is not None and len(self.domains) > 1:
             raise LineageError("LoRA trains one adapter per domain: give one domain with --plan")
         if self.schedule not in SCHEDULE_KINDS:
@@ -142,7 +145,7 @@ def _plan_for(ws: Workspace, job: AdaptJob, base: Model, domains: tuple[str, ...
                 f"plan {job.plan!r} covers {', '.join(spec.domains)}, not {', '.join(domains)}"
             )
         return job.plan
-    candidates = teacher_candidates(ws, base)
+    candidates = list(job.teachers) or teacher_candidates(ws, base)
     if not candidates:
         raise LineageError(f"no registered model shares {base.name!r}'s tokenizer to teach it")
     plan = create_plan(

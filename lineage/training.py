@@ -209,7 +209,12 @@ def _scarce(blocks: ShardBlocks, fraction: float) -> ShardBlocks:
 
 
 def _sources(
-    ws: Workspace, job: TrainJob, student: Model, assigned: list[_Assigned], info: TokenizerInfo
+    ws: Workspace,
+    job: TrainJob,
+    student: Model,
+    assigned: list[_Assigned],
+    info: TokenizerInfo,
+    progress: bool = True,
 ) -> tuple[list[ShardSource], dict[str, Any]]:
     """ShardSources for the sampler (cached or online teachers) and the online teacher models."""
     reg = ws.registry
@@ -230,7 +235,7 @@ def _sources(
                 BlockShard(blocks.key, blocks.blocks, student.objective, info, teacher=a.teacher)
             )
         else:
-            cache = ensure_cache(ws, teacher, a.blocks, top_k=job.top_k)
+            cache = ensure_cache(ws, teacher, a.blocks, top_k=job.top_k, progress=progress)
             sources.append(_ScarceCached(cache.shard(blocks.key, a.teacher), len(blocks.blocks)))
     return sources, online
 
@@ -354,7 +359,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     state = PartialState()
     tokenizer = load_tokenizer(Path(student.path))
     info = TokenizerInfo.of(tokenizer)
-    sources, online = _sources(ws, job, student, assigned, info)
+    sources, online = _sources(ws, job, student, assigned, info, progress)
     schedules = _schedules(assigned)
     run_dir = ws.root / "runs" / job.output
     out_dir = (ws.adapters_dir if job.lora else ws.models_dir) / job.output

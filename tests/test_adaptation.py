@@ -147,6 +147,13 @@ def test_cli_adapt_json(family_ws: Workspace) -> None:
     (summary,) = json.loads(result.stdout)  # stderr carries progress bars
     assert summary["model"] == "lit-bio" and set(summary["final"]) == {"bio", "literature"}
     assert "forgetting/literature" in summary["forgetting"]
+    (edge,) = family_ws.registry.edges("lit-bio")  # plain replay: no teacher at all
+    assert (edge.kind, edge.params["replay"], edge.params["replay_domains"]) == (
+        "adapt",
+        0.25,
+        ["literature"],
+    )
+    assert edge.params["self_ki"] is False and "lora" not in edge.params
     bad = CliRunner().invoke(app, ["-w", str(family_ws.root), "adapt", "student", "-d", "cs"])
     assert bad.exit_code == 1 and "not trained on any domain" in bad.output
 
@@ -160,6 +167,8 @@ def test_refusals(family_ws: Workspace) -> None:
         TrainJob("a", "b", ("cs",), replay=0.5, replay_domains=("cs",))
     with pytest.raises(LineageError, match="strategy ki"):
         adapt_job(strategy="sl", plan="p")
+    with pytest.raises(LineageError, match="not both"):
+        adapt_job(plan="p", teachers=("teacher-lit",))
     with pytest.raises(LineageError, match="not trained on any domain"):
         adapt(family_ws, adapt_job(model="student"), progress=False)
     with pytest.raises(LineageError, match="no domain named"):

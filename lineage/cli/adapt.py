@@ -25,6 +25,10 @@ def adapt_command(
     plan: Annotated[
         str | None, typer.Option(help="A stored plan (name or id) instead of routing now.")
     ] = None,
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option("--teacher", "-t", help="Only these candidate teachers (default: all)."),
+    ] = None,
     lora: Annotated[
         bool, typer.Option("--lora", help="Train one LoRA adapter per domain, not all weights.")
     ] = False,
@@ -79,6 +83,7 @@ def adapt_command(
         output=output,
         strategy=strategy,
         plan=plan,
+        teachers=tuple(teacher or ()),
         lora=LoraSpec(rank=lora_rank, alpha=lora_alpha) if lora else None,
         replay=replay,
         self_ki=self_ki,
