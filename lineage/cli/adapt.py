@@ -6,11 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lineage.adaptation import AdaptJob, adapt
-from lineage.adapters import LoraSpec
 from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.trainer import TrainConfig
+from lineage.shapes import DEFAULT_BLOCK_SIZE
 
 
 def adapt_command(
@@ -68,6 +65,10 @@ def adapt_command(
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to new domains; reports the forgetting on its source domains."""
+    from lineage.adaptation import AdaptJob, adapt  # torch: only when the command runs
+    from lineage.adapters import LoraSpec
+    from lineage.trainer import TrainConfig
+
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
