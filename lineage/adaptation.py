@@ -29,7 +29,7 @@ from lineage.forgetting import (
     forgetting_metrics,
 )
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.plans import create_plan, load_plan
+from lineage.plans import compatible_teachers, create_plan, load_plan
 from lineage.schedules import SCHEDULE_KINDS
 from lineage.teachers import TEACHER_MODES
 from lineage.trainer import TrainConfig
@@ -93,18 +93,8 @@ class Adapted:
 
 
 def teacher_candidates(ws: Workspace, base: Model) -> list[str]:
-    """The router's candidates for adapting ``base``: what ``teachers="auto"`` offers (every
-    model sharing its tokenizer) minus LoRA adapters, which need their base to load."""
-    reg = ws.registry
-    return [
-        m.name
-        for m in reg.models()
-        if m.name != base.name
-        and m.tokenizer_fingerprint is not None
-        and m.tokenizer_fingerprint == base.tokenizer_fingerprint
-        and m.objective == base.objective
-        and not is_adapter(reg, m.name)
-    ]
+    """The router's candidates for adapting ``base``: what ``teachers="auto"`` offers."""
+    return [m.name for m in compatible_teachers(ws.registry, base)]
 
 
 def before_after_matrix(

@@ -175,18 +175,27 @@ def _check_tokenizers(teacher: Model, student: Model) -> None:
         )
 
 
+def compatible_teachers(reg: Registry, student: Model) -> list[Model]:
+    """What ``teachers="auto"`` offers: every other model with the student's tokenizer and
+    objective, except LoRA adapters (they need their base model to run)."""
+    adapters = {e.child for e in reg.edges() if e.kind == "adapter"}
+    return [
+        m
+        for m in reg.models()
+        if m.name != student.name
+        and m.name not in adapters
+        and m.objective == student.objective
+        and m.tokenizer_fingerprint is not None
+        and m.tokenizer_fingerprint == student.tokenizer_fingerprint
+    ]
+
+
 def _teachers(reg: Registry, student: Model, teachers: str | Sequence[str]) -> list[Model]:
     """The teacher candidates: explicit names are checked; "auto" keeps compatible models."""
     if isinstance(teachers, str):
         if teachers != "auto":
             raise LineageError(f"teachers must be 'auto' or a list of names, got {teachers!r}")
-        return [
-            m
-            for m in reg.models()
-            if m.name != student.name
-            and m.tokenizer_fingerprint is not None
-            and m.tokenizer_fingerprint == student.tokenizer_fingerprint
-        ]
+        return compatible_teachers(reg, student)
     chosen = []
     for name in dict.fromkeys(teachers):
         if name == student.name:

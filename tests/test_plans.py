@@ -262,3 +262,42 @@ def test_cli_plan(ws: Workspace, tmp_path: Path) -> None:
     err = invoke("-w", root, "plan", "create", "--student", "student", "-d", "cs", "--teachers",
                  "alien", code=1)  # fmt: skip
     assert "different tokenizers" in err
+
+
+def test_auto_teachers_leave_out_adapters_and_other_objectives(family_ws) -> None:  # type: ignore[no-untyped-def]
+    from lineage.lifecycle import create_workspace_model
+    from lineage.modeling import ModelShape
+    from lineage.plans import compatible_teachers
+
+    reg = family_ws.registry
+    create_workspace_model(
+        family_ws,
+        "causal",
+        family="gpt2",
+        shape=ModelShape(2, 32, 2, 64),
+        tokenizer="shared",
+        max_positions=40,
+    )
+    student = reg.model("student")
+    teacher = reg.model("teacher-lit")
+    reg.add_model("lit-adapter", "/adapters/x", _info_of(teacher), domains=["literature"])
+    reg.add_edge("teacher-lit", "lit-adapter", "adapter")
+    names = {m.name for m in compatible_teachers(reg, student)}
+    assert "teacher-lit" in names and "t0" in names
+    assert "lit-adapter" not in names and "causal" not in names and "student" not in names
+
+
+def _info_of(model):  # type: ignore[no-untyped-def]
+    from lineage.modelinfo import ModelInfo
+
+    return ModelInfo(
+        model.family,
+        model.objective,
+        model.layers,
+        model.d_model,
+        model.heads,
+        model.d_ffn,
+        model.vocab_size,
+        1000,
+        model.tokenizer_fingerprint,
+    )
