@@ -54,12 +54,16 @@ class DemoConfig:
     expert: ModelShape = ModelShape(layers=2, hidden=64, heads=2, ffn=256)
     g2: ModelShape = ModelShape(layers=4, hidden=128, heads=4, ffn=512)
     g3: ModelShape = ModelShape(layers=6, hidden=192, heads=6, ffn=768)
-    steps_g1: int = 300  # G1 and the experts
-    steps_g2: int = 240
-    steps_g3: int = 200
-    steps_adapt: int = 150
+    # Causal LMs: every position is a target, so tiny models learn (and teach) within minutes;
+    # tiny masked LMs stay near the unigram plateau at this budget (benchmarks/bench_ki_results).
+    family: str = "gpt2"
+    steps_g1: int = 800  # G1, the teacher of the next generation
+    steps_expert: int = 500  # the cs and bio experts
+    steps_g2: int = 600
+    steps_g3: int = 300
+    steps_adapt: int = 200
     lr: float = 2e-3
-    eval_every: int = 20
+    eval_every: int = 25
     eval_blocks: int = 48
     replay: float = 0.3  # share of adaptation batches from the source domain
     teacher_mode: str = "cached"  # top-K caches, built once per teacher and shard
@@ -78,6 +82,7 @@ class DemoConfig:
             g2=ModelShape(layers=2, hidden=48, heads=3, ffn=96),  # head size 16 throughout:
             g3=ModelShape(layers=3, hidden=64, heads=4, ffn=128),  # growth keeps it fixed
             steps_g1=8,
+            steps_expert=8,
             steps_g2=6,
             steps_g3=6,
             steps_adapt=4,
@@ -152,20 +157,20 @@ def step_first_generation(st: DemoState) -> None:
     c = st.cfg
     tok = train_workspace_tokenizer(st.ws, "shared", bundled_domains(), vocab_size=c.vocab_size)
     st.console.print(f"  tokenizer 'shared': {tok.vocab_size} tokens")
-    for name, shape, domain, seed in (
-        ("g1", c.g1, GENERAL, 1),
-        ("expert-cs", c.expert, "cs", 2),
-        ("expert-bio", c.expert, "bio", 3),
+    for name, shape, domain, seed, steps in (
+        ("g1", c.g1, GENERAL, 1, c.steps_g1),
+        ("expert-cs", c.expert, "cs", 2, c.steps_expert),
+        ("expert-bio", c.expert, "bio", 3, c.steps_expert),
     ):
         _create(st, f"{name}-init", shape, seed)
-        st.train(name, st.job(f"{name}-init", name, (domain,), c.steps_g1))
+        st.train(name, st.job(f"{name}-init", name, (domain,), steps))
 
 
 def _create(st: DemoState, name: str, shape: ModelShape, seed: int) -> None:
     create_workspace_model(
         st.ws,
         name,
-        family="roberta",
+        family=st.cfg.family,
         shape=shape,
         tokenizer="shared",
         seed=seed,

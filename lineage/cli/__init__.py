@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -90,4 +91,6 @@ def graph(
 
 
 def main() -> None:
+    # lineage draws its own progress bars; transformers' per-file load/save bars are noise here.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app(prog_name="lineage")
