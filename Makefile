@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # uv does not read pip's configuration: hand it pip's find-links (where the CPU torch wheel lies).
-FIND_LINKS := $(shell pip config get global.find-links 2>/dev/null)
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell pip config get global.find-links 2>/dev/null))
 UV_FLAGS := -c constraints.txt $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
-DEMO_DIR ?= demo-workspace
+# e.g. make demo DEMO_FLAGS=--quick, or DEMO_FLAGS=/path/to/new/folder
+DEMO_FLAGS ?=
 
 .PHONY: install test test-fast lint format typecheck demo clean
 
@@ -35,7 +36,7 @@ typecheck: install
 	$(BIN)/mypy lineage
 
 demo: install
-	$(BIN)/lineage demo $(DEMO_DIR)
+	$(BIN)/lineage demo $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
