@@ -238,7 +238,7 @@ def step_growth(st: DemoState) -> None:
 def step_adaptation(st: DemoState) -> None:
     """5. G2 (by KI) adapts to cs and bio: SL, KI from routed experts, KI + replay (+ self-KI)."""
     c = st.cfg
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "sl": {"strategy": "sl"},
         "ki": {"strategy": "ki", "teachers": FIRST_GENERATION},
         "ki-replay": {"strategy": "ki", "teachers": FIRST_GENERATION, "replay": c.replay},
@@ -278,12 +278,12 @@ def step_adaptation(st: DemoState) -> None:
     )
     rows = []
     for chain in report.chains:
-        final = st.outcomes[chain.model].result.final_eval
+        ends = st.outcomes[chain.model].result.final_eval
         f = chain.forgetting.get(GENERAL)
         row = {
             "method": chain.model,
-            "cs": final["cs"].ppl,
-            "bio": final["bio"].ppl,
+            "cs": ends["cs"].ppl,
+            "bio": ends["bio"].ppl,
             "before": f.before if f else None,
             "after": f.after if f else None,
             "ratio": f.ratio if f else None,
@@ -295,7 +295,7 @@ def step_adaptation(st: DemoState) -> None:
             f"{row['bio']:.1f}",
             f"{row['before']:.1f}" if f else "-",
             f"{row['after']:.1f}" if f else "-",
-            f"{row['ratio'] - 1:+.0%}" if f else "-",
+            f"{f.ratio - 1:+.0%}" if f else "-",
         )
     st.console.print(table)
     st.summary["adaptation"] = rows
@@ -323,7 +323,7 @@ def _reach_table(
     for row in rows:
         saved = "—" if row["saving"] is None else f"{row['saving']:.0%}"
         table.add_row(
-            row["run"],
+            str(row["run"]),
             f"{row['final_ppl']:.2f}",
             str(row["steps_to_baseline"] or "not reached"),
             saved,

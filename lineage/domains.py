@@ -25,6 +25,7 @@ from lineage.entities import Domain
 from lineage.errors import ConflictError, LineageError
 from lineage.files import atomic_dir, atomic_write_text
 from lineage.profiles import (
+    MEASURES,
     ProfileCounter,
     VocabularyProfile,
     iter_documents,
@@ -364,10 +365,15 @@ def compute_proximity(
             raise LineageError(
                 f"no domain named {n!r} (registered: {', '.join(domains) or 'none'})"
             )
-        if domains[n].profile is None:
+        profile = domains[n].profile
+        if profile is None:
             raise LineageError(f"domain {n!r} has no profile: it was added without text")
-        profiles[n] = VocabularyProfile.from_dict(domains[n].profile)
-    labels, matrix = proximity_matrix(profiles, measure=measure)
+        profiles[n] = VocabularyProfile.from_dict(profile)
+    if measure not in MEASURES:
+        raise LineageError(
+            f"proximity measure must be one of {', '.join(MEASURES)}, got {measure!r}"
+        )
+    labels, matrix = proximity_matrix(profiles, measure=measure)  # type: ignore[arg-type]
     params = _profile_params(ws) | {"measure": measure}
     ws.registry.save_proximity(measure, params, list(labels), matrix.round(6).tolist())
     return list(labels), matrix

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+from transformers import PreTrainedModel
 
 from lineage.blocks import ShardBlocks, domain_blocks
 from lineage.cache import CacheMeta, LogitCache, build_cache, open_cache
@@ -63,7 +63,7 @@ def ensure_cache(
     blocks: ShardBlocks,
     *,
     top_k: int,
-    lm: torch.nn.Module | None = None,
+    lm: PreTrainedModel | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> LogitCache:
