@@ -56,6 +56,12 @@ def train(
         float, typer.Option(help="Use this share of each target shard.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for data order, masking and dropout.")] = 0,
+    two_stage_layers: Annotated[
+        int, typer.Option(help="bert2BERT two-stage training: sub-model step l_b (0 = off).")
+    ] = 0,
+    two_stage_fraction: Annotated[
+        float, typer.Option(help="Share of steps in the sub-model stage.")
+    ] = 0.5,
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the student.")
     ] = False,
@@ -77,6 +83,8 @@ def train(
         checkpoint_every=checkpoint_every,
         temperature=temperature,
         compile=compile_model,
+        two_stage_layers=two_stage_layers,
+        two_stage_fraction=two_stage_fraction,
     )
     targets = tuple(domain or ())
     name = output or f"{model}-{strategy}-{'-'.join(targets) or plan}"
