@@ -227,7 +227,7 @@ def step_growth(st: DemoState) -> None:
     st.console.print(
         f"  g1 {c.g1.layers}x{c.g1.hidden} -> g2-aki {c.g2.layers}x{c.g2.hidden}: valid PPL "
         f"{report.source_eval.ppl:.1f} -> {report.grown_eval.ppl:.1f} before training "
-        "(AKI breaks symmetry, so it is not exactly function-preserving)"
+        "(AKI's units from the layer above and depth stacking are not function-preserving)"
     )
     st.train(
         "g2-aki-ki",
@@ -332,6 +332,34 @@ def _reach_table(
     return rows
 
 
+def write_curves(histories: dict[str, list[dict[str, float]]], folder: Path) -> None:
+    """valid-ppl.png: G2 and G3 learning the general domain; forgetting-curves.png: the same
+    domain's perplexity while G2 adapts to cs and bio (forgetting as it happens)."""
+    learn = {
+        n: curve(h, GENERAL)
+        for n, h in histories.items()
+        if n.startswith(("g2", "g3")) and not n.startswith("g2-adapt")
+    }
+    adapt = {n: curve(h, GENERAL) for n, h in histories.items() if n.startswith("g2-adapt")}
+    plots.curves(
+        learn,
+        folder / "valid-ppl.png",
+        title=f"valid PPL on {GENERAL}: G2 and G3",
+        xlabel="step",
+        ylabel="perplexity",
+        logy=True,
+    )
+    if adapt:
+        plots.curves(
+            adapt,
+            folder / "forgetting-curves.png",
+            title=f"{GENERAL} PPL while adapting to cs + bio",
+            xlabel="step",
+            ylabel="perplexity",
+            logy=True,
+        )
+
+
 def step_summary(st: DemoState) -> None:
     """6. What each method saved or lost; PNG plots; where to look next."""
     st.summary["ki_vs_sl"] = _reach_table(
@@ -344,19 +372,8 @@ def step_summary(st: DemoState) -> None:
         ["g3-from-g2-ki", "g3-from-g1"],
         GENERAL,
     )
-    series = {
-        n: curve(st.outcomes[n].result.history, GENERAL)
-        for n in st.outcomes
-        if n.startswith(("g2", "g3"))
-    }
-    plots.curves(
-        series,
-        st.ws.plots_dir / "valid-ppl.png",
-        title=f"valid PPL on {GENERAL}",
-        xlabel="step",
-        ylabel="perplexity",
-        logy=True,
-    )
+    histories = {n: o.result.history for n, o in st.outcomes.items()}
+    write_curves(histories, st.ws.plots_dir)
     reg = st.ws.registry
     edges = [(e.parent, e.child, e.kind) for e in reg.edges()]
     models = sorted({n for e in edges for n in e[:2]})  # random inits stand alone: left out

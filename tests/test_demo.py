@@ -51,7 +51,7 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
     assert any(k.startswith("forgetting/") for k in ki_run.data.metrics)
     assert any(k.startswith("alpha/") for k in ki_run.data.metrics)
 
-    for png in ("proximity.png", "valid-ppl.png", "forgetting.png", "lineage.png"):
+    for png in ("proximity.png", "valid-ppl.png", "forgetting.png", "forgetting-curves.png", "lineage.png"):
         assert (ws.plots_dir / png).stat().st_size > 5_000, png
     summary = json.loads((root / "demo-summary.json").read_text())
     assert {"proximity", "ki_vs_sl", "generations", "growth", "adaptation"} <= set(summary)
