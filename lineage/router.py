@@ -50,12 +50,9 @@ __all__ = [
     "CandidateInfo",
     "CandidateScore",
     "DomainIndex",
-    "PerplexityMeter",
     "Router",
-    "RouterReport",
     "RouterWeights",
     "candidate_info",
-    "evaluate_router",
     "router_for",
     "score_candidates",
 ]
@@ -443,7 +440,11 @@ class Router:
         names = teachers if teachers is not None else [m.name for m in reg.models()]
         cands = [candidate_info(reg, n, domains) for n in names if n != student]
         stud = candidate_info(reg, student, domains) if student else None
-        measurer = PerplexityMeter() if measure else None
+        measurer = None
+        if measure:
+            from lineage.evaluation import PerplexityMeter  # torch loads only when measuring
+
+            measurer = PerplexityMeter()
         return cls(
             domains,
             cands,
@@ -558,124 +559,3 @@ def candidate_info(
         path=model.path,
         objective=model.objective,
     )
-
-
-class PerplexityMeter:
-    """``measure=True``: a model's perplexity on a sample of a shard's documents.
-
-    Uses ``lineage.data.tokenize_to_blocks`` and ``lineage.evaluation.evaluate`` (fixed MLM
-    masks, so models compare on the same targets); models stay loaded between shards. Returns
-    None when the sample is shorter than one block. Perplexities compare only between models
-    that share a tokenizer and an objective, which plans enforce.
-    """
-
-    def __init__(
-        self,
-        *,
-        block_size: int = 128,
-        max_blocks: int = 16,
-        batch_size: int = 8,
-        device: str | None = None,
-    ) -> None:
-        self.block_size, self.max_blocks = block_size, max_blocks
-        self.batch_size, self.device = batch_size, device
-        self._loaded: dict[str, tuple[Any, Any]] = {}
-
-    def _load(self, model: CandidateInfo) -> tuple[Any, Any]:
-        if model.name not in self._loaded:
-            from lineage.modeling import load_model
-            from lineage.tokenizer import load_tokenizer
-
-            path = Path(model.path)
-            self._loaded[model.name] = (load_model(path, device=self.device), load_tokenizer(path))
-        return self._loaded[model.name]
-
-    def __call__(self, model: CandidateInfo, docs: Sequence[str]) -> float | None:
-        import tempfile
-
-        from lineage.data import load_blocks, tokenize_to_blocks
-        from lineage.evaluation import evaluate
-        from lineage.tokenizer import TokenizerInfo
-
-        lm, tok = self._load(model)
-        config = lm.config
-        positions = getattr(config, "max_position_embeddings", None) or config.n_positions
-        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-            positions -= 2  # RoBERTa's position ids start after the padding index
-        with tempfile.TemporaryDirectory() as tmp:
-            info = tokenize_to_blocks(
-                docs, tok, min(self.block_size, positions), Path(tmp) / "sample.npy"
-            )
-            if info.blocks == 0:
-                return None
-            blocks = np.array(load_blocks(info.path)[: self.max_blocks])  # out of the mmap
-        result = evaluate(
-            lm,
-            blocks,
-            objective=model.objective,
-            batch_size=self.batch_size,
-            tokenizer=TokenizerInfo.of(tok),
-        )
-        return result.ppl
-
-
-# --- router quality ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RouterReport:
-    """How well a router did on labelled held-out shards."""
-
-    n_shards: int
-    accuracy: float  # share whose nearest domain is their true domain
-    confusion: dict[str, dict[str, int]]  # true domain -> predicted domain -> shards
-    n_scored: int  # shards with a chosen teacher and every candidate's perplexity known
-    regret: float | None  # mean ln(ppl_chosen / ppl_oracle), nats; 0 = always the best teacher
-    random_regret: float | None  # the same for a uniformly random candidate (expected)
-    oracle_agreement: float | None  # share of shards where the choice was the oracle's
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def evaluate_router(
-    router: Router,
-    shards: Sequence[tuple[str, Sequence[str]]],
-    *,
-    perplexities: Sequence[Mapping[str, float]] | None = None,
-) -> tuple[RouterReport, list[Assignment]]:
-    """Route labelled shards ``(true domain, documents)`` and score the decisions.
-
-    ``perplexities[i]``: every candidate teacher's measured perplexity on shard i; with them,
-    regret against the oracle (lowest-perplexity teacher per shard) and against a random pick.
-    """
-    assignments = [
-        router.route_documents(docs, f"{label}-{i}") for i, (label, docs) in enumerate(shards)
-    ]
-    confusion: dict[str, dict[str, int]] = {}
-    for (label, _), a in zip(shards, assignments, strict=True):
-        row = confusion.setdefault(label, {})
-        row[str(a.domain)] = row.get(str(a.domain), 0) + 1
-    correct = sum(a.domain == label for (label, _), a in zip(shards, assignments, strict=True))
-    regrets: list[float] = []
-    randoms: list[float] = []
-    hits = 0
-    for i, a in enumerate(assignments if perplexities is not None else []):
-        ppl = perplexities[i]  # type: ignore[index]
-        if a.teacher is None or a.teacher not in ppl:
-            continue
-        best = min(math.log(p) for p in ppl.values())
-        regrets.append(math.log(ppl[a.teacher]) - best)
-        randoms.append(sum(math.log(p) - best for p in ppl.values()) / len(ppl))
-        hits += math.log(ppl[a.teacher]) == best
-    n = len(regrets)
-    report = RouterReport(
-        n_shards=len(shards),
-        accuracy=correct / len(shards) if shards else 0.0,
-        confusion=confusion,
-        n_scored=n,
-        regret=sum(regrets) / n if n else None,
-        random_regret=sum(randoms) / n if n else None,
-        oracle_agreement=hits / n if n else None,
-    )
-    return report, assignments

@@ -16,18 +16,18 @@ from typer.testing import CliRunner
 from lineage.cli import app
 from lineage.domains import bundled_domains_dir, read_documents
 from lineage.errors import LineageError
+from lineage.evaluation import PerplexityMeter
 from lineage.modelinfo import ModelInfo
 from lineage.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
 from lineage.router import (
     CandidateInfo,
     DomainIndex,
-    PerplexityMeter,
     Router,
     RouterWeights,
-    evaluate_router,
     router_for,
     score_candidates,
 )
+from lineage.router_quality import evaluate_router
 from lineage.workspace import Workspace
 
 DOMAINS = ("literature", "cs", "bio")
