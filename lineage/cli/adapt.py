@@ -6,7 +6,22 @@ from typing import Annotated, Any
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
+from lineage.cli.common import (
+    BatchSizeOption,
+    BlockSizeOption,
+    CheckpointEveryOption,
+    EvalBlocksOption,
+    EvalEveryOption,
+    JsonOption,
+    LrOption,
+    SeedOption,
+    TeacherModeOption,
+    console,
+    emit_json,
+    parse_params,
+    table,
+    workspace,
+)
 from lineage.shapes import DEFAULT_BLOCK_SIZE
 
 
@@ -52,16 +67,14 @@ def adapt_command(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Schedule parameter key=value.")
     ] = None,
-    teacher_mode: Annotated[
-        str, typer.Option(help="cached (top-K logit cache) or online.")
-    ] = "cached",
-    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
-    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = DEFAULT_BLOCK_SIZE,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 200,
-    eval_blocks: Annotated[int, typer.Option(help="Blocks per domain per evaluation.")] = 64,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed for data order, masking and init.")] = 0,
+    teacher_mode: TeacherModeOption = "cached",
+    batch_size: BatchSizeOption = 16,
+    lr: LrOption = 5e-4,
+    block_size: BlockSizeOption = DEFAULT_BLOCK_SIZE,
+    eval_every: EvalEveryOption = 200,
+    eval_blocks: EvalBlocksOption = 64,
+    checkpoint_every: CheckpointEveryOption = 500,
+    seed: SeedOption = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to new domains; reports the forgetting on its source domains."""

@@ -21,6 +21,18 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
 ]
 
+# Options every training command shares (lineage train, lineage adapt): one spelling, one help.
+TeacherModeOption = Annotated[str, typer.Option(help="cached (top-K logit cache) or online.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Blocks per micro-batch.")]
+LrOption = Annotated[
+    float, typer.Option(help="Peak learning rate (10% warm-up, then linear decay).")
+]
+BlockSizeOption = Annotated[int, typer.Option(help="Tokens per block.")]
+EvalEveryOption = Annotated[int, typer.Option(help="Evaluate every N steps (targets and sources).")]
+EvalBlocksOption = Annotated[int, typer.Option(help="Blocks per domain per evaluation.")]
+CheckpointEveryOption = Annotated[int, typer.Option(help="Checkpoint every N steps.")]
+SeedOption = Annotated[int, typer.Option(help="Seed for data order, masking and dropout.")]
+
 
 class LineageGroup(TyperGroup):
     """Turns a LineageError into one clear message and exit code 1 (no traceback)."""

@@ -6,7 +6,22 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
+from lineage.cli.common import (
+    BatchSizeOption,
+    BlockSizeOption,
+    CheckpointEveryOption,
+    EvalBlocksOption,
+    EvalEveryOption,
+    JsonOption,
+    LrOption,
+    SeedOption,
+    TeacherModeOption,
+    console,
+    emit_json,
+    parse_params,
+    table,
+    workspace,
+)
 from lineage.shapes import DEFAULT_BLOCK_SIZE
 
 
@@ -35,27 +50,21 @@ def train(
             "alpha_T, guided_steps, switch_step, constant."
         ),
     ] = None,
-    teacher_mode: Annotated[
-        str, typer.Option(help="cached (top-K logit cache) or online.")
-    ] = "cached",
+    teacher_mode: TeacherModeOption = "cached",
     top_k: Annotated[int, typer.Option(help="Teacher logits kept per target (cache).")] = 10,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 16,
+    batch_size: BatchSizeOption = 16,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[
-        float, typer.Option(help="Peak learning rate (10% warm-up, then linear decay).")
-    ] = 5e-4,
-    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = DEFAULT_BLOCK_SIZE,
+    lr: LrOption = 5e-4,
+    block_size: BlockSizeOption = DEFAULT_BLOCK_SIZE,
     temperature: Annotated[float, typer.Option(help="KI temperature tau.")] = 1.0,
-    eval_every: Annotated[
-        int, typer.Option(help="Evaluate every N steps (targets and sources).")
-    ] = 200,
-    eval_blocks: Annotated[int, typer.Option(help="Blocks per domain per evaluation.")] = 64,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    eval_every: EvalEveryOption = 200,
+    eval_blocks: EvalBlocksOption = 64,
+    checkpoint_every: CheckpointEveryOption = 500,
     data_fraction: Annotated[
         float, typer.Option(help="Use this share of each target shard.")
     ] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed for data order, masking and dropout.")] = 0,
+    seed: SeedOption = 0,
     two_stage_layers: Annotated[
         int, typer.Option(help="bert2BERT two-stage training: sub-model step l_b (0 = off).")
     ] = 0,
