@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lineage import entities as E
+from lineage.ancestry import (
+    Direction,
+    longest_chain,
+    reachable_ids,
+    reachable_subgraph,
+    shortest_depths,
+)
 from lineage.db import (
     EDGE_KINDS,
     CacheRow,
@@ -33,8 +40,6 @@ from lineage.db import (
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.modelinfo import ModelInfo
 from lineage.schema import check_schema
-
-Direction = Literal["ancestors", "descendants"]
 
 
 class Registry:
@@ -160,7 +165,7 @@ class Registry:
             raise ConflictError(f"an edge from {parent!r} to itself is refused")
         with self._write() as s:
             p, c = _model_row(s, parent), _model_row(s, child)
-            if p.id in _related_ids(s, c.id, "descendants"):
+            if p.id in reachable_ids(s, c.id, "descendants"):
                 raise ConflictError(
                     f"edge {parent} -> {child} would make a cycle: "
                     f"{parent!r} descends from {child!r}"
@@ -210,17 +215,8 @@ class Registry:
         """
         with self._read() as s:
             start = _model_row(s, name).id
-            names, adjacency = _reachable_subgraph(s, start, direction)
-        depth = {start: 0}
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for node in frontier:
-                for other in adjacency.get(node, ()):
-                    if other not in depth:
-                        depth[other] = depth[node] + 1
-                        nxt.append(other)
-            frontier = nxt
+            names, adjacency = reachable_subgraph(s, start, direction)
+        depth = shortest_depths(start, adjacency)
         found = [E.Related(names[i], d) for i, d in depth.items() if i != start]
         return sorted(found, key=lambda r: (r.depth, r.name))
 
@@ -228,19 +224,8 @@ class Registry:
         """1 for a model with no parents, else 1 + the longest chain of ancestors."""
         with self._read() as s:
             start = _model_row(s, name).id
-            _, parents = _reachable_subgraph(s, start, "ancestors")
-        longest: dict[int, int] = {}
-        stack = [(start, False)]
-        while stack:  # iterative post-order DFS: no recursion limit on deep lineages
-            node, expanded = stack.pop()
-            if node in longest:
-                continue
-            if expanded:  # every parent was pushed above this node, so is finished now
-                longest[node] = 1 + max((longest[p] for p in parents.get(node, ())), default=0)
-            else:
-                stack.append((node, True))
-                stack.extend((p, False) for p in parents.get(node, ()) if p not in longest)
-        return longest[start]
+            _, parents = reachable_subgraph(s, start, "ancestors")
+        return longest_chain(start, parents)
 
     # ---- tokenizers ---------------------------------------------------------------------
 
@@ -486,44 +471,6 @@ class Registry:
 
 
 # ---- queries and row -> entity conversions (module private) ----------------------------
-
-
-def _walk(start_id: int, direction: Direction) -> Any:
-    """Recursive CTE of the model ids reachable from ``start_id`` (UNION: each id once)."""
-    src, dst = (
-        (EdgeRow.child_id, EdgeRow.parent_id)
-        if direction == "ancestors"
-        else (EdgeRow.parent_id, EdgeRow.child_id)
-    )
-    walk = select(dst.label("id")).where(src == start_id).cte("walk", recursive=True)
-    return walk.union(select(dst).join(walk, src == walk.c.id))
-
-
-def _related_ids(s: Session, start_id: int, direction: Direction) -> set[int]:
-    return set(s.scalars(select(_walk(start_id, direction).c.id)))
-
-
-def _reachable_subgraph(
-    s: Session, start_id: int, direction: Direction
-) -> tuple[dict[int, str], dict[int, list[int]]]:
-    """Names of the reachable models and the adjacency (in ``direction``) among them."""
-    walk = _walk(start_id, direction)
-    names = dict(
-        s.execute(select(ModelRow.id, ModelRow.name).join(walk, walk.c.id == ModelRow.id)).all()
-    )
-    src, dst = (
-        (EdgeRow.child_id, EdgeRow.parent_id)
-        if direction == "ancestors"
-        else (EdgeRow.parent_id, EdgeRow.child_id)
-    )
-    inside = select(walk.c.id)
-    edges = s.execute(
-        select(src, dst).where(dst.in_(inside), (src == start_id) | src.in_(inside))
-    ).all()
-    adjacency: dict[int, list[int]] = {}
-    for a, b in edges:
-        adjacency.setdefault(a, []).append(b)
-    return names, adjacency
 
 
 def _model_row(s: Session, name: str) -> ModelRow:
