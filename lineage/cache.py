@@ -325,7 +325,9 @@ def _build_part(
         }
         out["offsets"].append(np.zeros(1, np.int64))
         pending = None
-        for s in tqdm(range(start, end, spec.batch_size), disable=not spec.progress, unit="batch"):
+        batches = range(start, end, spec.batch_size)
+        desc = f"teacher top-{spec.top_k} cache"
+        for s in tqdm(batches, desc=desc, disable=not spec.progress, unit="batch"):
             inputs, labels = block_targets(
                 blocks[s : min(s + spec.batch_size, end)], s, spec.objective, spec.masking
             )
