@@ -172,13 +172,17 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | Any | None = None,
     scheduler: Any = None,
     restore_rng_states: bool = True,
+    verified: bool = False,
 ) -> TrainingState:
     """Verify ``path``, load weights/optimizer/scheduler in place, restore RNGs; return the rest.
 
     ``model`` is the unwrapped module; load before wrapping for DDP (or into the unwrapped one).
+    ``verified``: the caller has just checked the checksums (``latest_checkpoint`` does), so
+    every file is not hashed twice.
     """
     path = Path(path)
-    verify_checkpoint(path)
+    if not verified:
+        verify_checkpoint(path)
     missing, unexpected = load_safetensors_model(
         model, str(path / "model.safetensors"), strict=False
     )

@@ -321,8 +321,12 @@ class _Loop:
         if path is None:
             log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
             return None
-        state = load_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        state = load_checkpoint(  # latest_checkpoint has just verified it
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            verified=True,
         )
         self.sampler.load_state_dict(state.sampler)
         for name, saved in state.schedules.items():

@@ -371,13 +371,11 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
             "it, or remove that folder"
         )
     tracker = _tracker(ws, job, student, run_dir / "checkpoints", state.is_main_process)
-    run = (
-        reg.start_run(job.strategy, mlflow_run_id=tracker.run_id, config=_job_params(job))
-        if state.is_main_process and not job.resume
-        else None
-    )
-    if state.is_main_process and not job.resume:
-        tracker.log_params(_job_params(job))
+    run = None
+    if state.is_main_process and not job.resume:  # a resumed run keeps its records
+        params = dataclasses.asdict(job)
+        run = reg.start_run(job.strategy, mlflow_run_id=tracker.run_id, config=params)
+        tracker.log_params(params)
         for a in assigned:
             tracker.log_dataset(a.blocks.key, a.blocks.shard.digest, a.blocks.shard.path)
     sampler = MixtureSampler(
@@ -430,10 +428,6 @@ def _schedules(assigned: list[_Assigned]) -> dict[str, Any]:
                 AutoInheritance(a.schedule) if a.schedule.kind == "auto" else a.schedule
             )
     return out
-
-
-def _job_params(job: TrainJob) -> dict[str, Any]:
-    return dataclasses.asdict(job)
 
 
 def _teacher_params(

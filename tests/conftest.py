@@ -25,23 +25,11 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level BPE tokenizer in Hugging Face format (special tokens 0..4)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
+    """lineage's own byte-level BPE, in Hugging Face format (special tokens 0..4)."""
+    from lineage.tokenizer import train_tokenizer
 
-    out = tmp_path_factory.mktemp("tokenizer")
-    bpe = ByteLevelBPETokenizer()
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
-    bpe.train_from_iterator(TINY_TEXT, vocab_size=300, min_frequency=1, special_tokens=specials)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
-    tok.save_pretrained(out)
+    out = tmp_path_factory.mktemp("tokenizer") / "tok"
+    train_tokenizer(TINY_TEXT, out, vocab_size=300, min_frequency=1)
     return out
 
 
