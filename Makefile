@@ -1,22 +1,38 @@
-# The few targets people use. Every install goes through constraints.txt (torch==2.13.0).
+# The few targets people use. Every install is the exact environment of requirements.lock
+# (hashes checked); `make lock` regenerates it against the newest releases and runs the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
 # uv does not read pip's configuration: hand it pip's find-links (where the CPU torch wheel lies).
 FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell pip config get global.find-links 2>/dev/null))
-UV_FLAGS := -c constraints.txt $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
+UV_FIND := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
+UV := $(BIN)/uv
+# The lock is for this Python on Linux x86-64 (the CPU torch wheel is built for that).
+COMPILE := $(UV) pip compile pyproject.toml --extra dev -c constraints.txt $(UV_FIND) \
+	--generate-hashes --python-version 3.11 --quiet -o $(LOCK)
 # e.g. make demo DEMO_FLAGS=--quick, or DEMO_FLAGS=/path/to/new/folder
 DEMO_FLAGS ?=
 
-.PHONY: install test test-fast lint format typecheck demo clean
+.PHONY: install lock test test-fast lint format typecheck demo clean
 
-$(BIN)/lineage: pyproject.toml constraints.txt
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt uv
-	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+
+$(BIN)/lineage: $(LOCK) pyproject.toml | $(UV)
+	$(UV) pip sync --python $(BIN)/python --require-hashes --compile-bytecode $(UV_FIND) $(LOCK)
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(BIN)/lineage
+
+# Newest releases within pyproject.toml's ranges (torch stays pinned by constraints.txt),
+# then the whole suite: a lock that fails its tests must not be committed.
+lock: | $(UV)
+	$(COMPILE) --upgrade
+	$(MAKE) test
 
 test: install
 	$(BIN)/pytest -n 2 -q
