@@ -4,14 +4,17 @@ route a text to the adapter (or expert model) of its nearest domain at inference
 A LoRA adapter replaces a frozen weight W [out, in] of the attention and FFN projections by
 W + (alpha / r) · B A, with A [r, in] and B [out, r] trained; B starts at zero, so a fresh
 adapter leaves the base model's function unchanged. The adapter folder (``save_pretrained``)
-holds only A and B per projection and loads with ``PeftModel.from_pretrained(base, folder)``.
-PEFT and transformers' PEFT integration are imported lazily: this module stays cheap to import.
+holds only A and B per projection and loads with ``PeftModel.from_pretrained(base, folder)`` or,
+since it records its task type and base folder, with PEFT's auto classes. Only PEFT's own API is
+used (``get_peft_model``), never transformers' adapter integration, whose version gate can demand
+a PEFT release that does not exist yet. PEFT is imported lazily: this module stays cheap to import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +60,9 @@ LORA_TARGETS: dict[str, str] = {
     "llama": r".*layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
 }
 _CONV1D_FAMILIES = ("gpt2",)  # weights stored [in, out]: PEFT needs fan_in_fan_out=True
+# PEFT's task type per objective. PEFT has no masked-LM task: such adapters carry no task type
+# and PEFT records the base class instead, so plain ``AutoPeftModel`` loads them.
+_TASK_TYPES = {"clm": "CAUSAL_LM", "mlm": None}
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class LoraSpec:
         return dataclasses.asdict(self)
 
 
-def lora_config(spec: LoraSpec, family: str) -> Any:
+def lora_config(spec: LoraSpec, family: str, objective: str = "clm") -> Any:
     """The ``peft.LoraConfig`` for ``family`` (LineageError for a family without targets)."""
     from peft import LoraConfig
 
@@ -90,6 +96,8 @@ def lora_config(spec: LoraSpec, family: str) -> Any:
             f"no LoRA target layers known for family {family!r} ({', '.join(LORA_TARGETS)}); "
             "give LoraSpec.targets"
         )
+    if objective not in _TASK_TYPES:
+        raise LineageError(f"objective must be 'mlm' or 'clm', got {objective!r}")
     return LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
@@ -97,25 +105,39 @@ def lora_config(spec: LoraSpec, family: str) -> Any:
         target_modules=targets,
         fan_in_fan_out=family in _CONV1D_FAMILIES,
         bias="none",
+        task_type=_TASK_TYPES[objective],
     )
 
 
-def add_lora(model: torch.nn.Module, spec: LoraSpec, *, seed: int = 0) -> int:
-    """Inject a LoRA adapter into a Hugging Face LM in place; only the adapter trains.
+def add_lora(
+    model: torch.nn.Module, spec: LoraSpec, *, seed: int = 0, base_path: str | Path | None = None
+) -> Any:
+    """Wrap a Hugging Face LM in a PEFT LoRA model (``peft.get_peft_model``); only the adapter
+    trains. Returns the ``PeftModel``; its ``save_pretrained`` writes the adapter alone.
 
-    Uses transformers' PEFT integration (``model.add_adapter``), so the model keeps its class
-    (the trainer's head-at-targets path works) and ``model.save_pretrained`` writes the adapter
-    alone. A's initialisation is seeded; B is zero. Returns the trainable parameter count.
+    The LoRA layers are injected into ``model`` in place, so ``model`` keeps its class (the
+    trainer's head-at-targets path works on it) while the wrapper saves and loads. A's
+    initialisation is seeded; B is zero. ``base_path`` is recorded in the adapter's config as
+    ``base_model_name_or_path``, which PEFT's auto classes load the base from.
     """
+    from peft import get_peft_model
+
     family = str(getattr(model.config, "model_type", ""))
-    config = lora_config(spec, family)
-    with torch.random.fork_rng(devices=[]):
+    objective = "mlm" if "MaskedLM" in type(model).__name__ else "clm"
+    config = lora_config(spec, family, objective)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "base_model_name_or_path was renamed": set below
         torch.manual_seed(seed)
-        model.add_adapter(config)  # type: ignore[operator]
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable == 0:
+        peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
+    if base_path is not None:  # get_peft_model takes the model's own name_or_path
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_path)
+    if trainable_parameters(peft_model) == 0:
         raise LineageError(f"LoRA targets {config.target_modules!r} matched no layer")
-    return trainable
+    return peft_model
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def adapter_params(adapter_dir: Path) -> int:

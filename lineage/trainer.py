@@ -243,8 +243,12 @@ class _Loop:
         self.acc = kw["accelerator"] or _make_accelerator(config)
         self.main = bool(self.acc.is_main_process)
         self.tracker: Tracker = kw["tracker"] if self.main else NullTracker()
-        self.model = cast(PreTrainedModel, model)  # the unwrapped Hugging Face model
-        self.vocab = embedding_rows(model)
+        # A PEFT model trains its base in place (the LoRA layers live there) and saves itself.
+        self.exported: nn.Module = model
+        peft = hasattr(model, "get_base_model")
+        base = cast(nn.Module, model.get_base_model()) if peft else model  # type: ignore[operator]
+        self.model = cast(PreTrainedModel, base)  # the unwrapped Hugging Face model
+        self.vocab = embedding_rows(base)
         self.teachers = dict(kw["online_teachers"] or {})
         self.teacher_ppl: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
@@ -525,7 +529,7 @@ class _Loop:
     def save_model(self, out_dir: Path) -> None:
         if self.main:
             with atomic_dir(Path(out_dir), overwrite=True) as tmp:
-                self.model.save_pretrained(str(tmp))
+                self.exported.save_pretrained(str(tmp))  # type: ignore[operator]
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(str(tmp))
         self.acc.wait_for_everyone()
@@ -569,7 +573,8 @@ def train(
     accelerator: Any = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` (a Hugging Face LM, updated in place) for ``config.steps`` steps.
+    """Train ``model`` (a Hugging Face LM, or a PEFT model over one; updated in place) for
+    ``config.steps`` steps.
 
     ``sampler`` yields :class:`Batch` es (a MixtureSampler; it must have ``state_dict`` for
     checkpoints). ``eval_sets``: domain -> [n, T] blocks, scored every ``eval_every`` steps as

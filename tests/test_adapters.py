@@ -78,7 +78,9 @@ def test_fresh_lora_is_the_identity_with_the_exact_parameter_count(family: str) 
     ids = torch.randint(5, V, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    trainable = add_lora(model, LoraSpec(rank=4), seed=0)
+    peft_model = add_lora(model, LoraSpec(rank=4), seed=0)
+    assert peft_model.get_base_model() is model  # the LoRA layers are injected in place
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == L * 4 * PER_LAYER[family]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)  # the base, embeddings and head are frozen
@@ -99,22 +101,45 @@ def test_lora_init_is_seeded_and_bad_targets_are_refused() -> None:
         LoraSpec(rank=0)
 
 
-def test_saved_adapter_reloads_with_peft(tmp_path: Path) -> None:
-    from peft import PeftModel
-
-    model = tiny("gpt2")
-    model.save_pretrained(tmp_path / "base")
-    add_lora(model, LoraSpec(rank=2))
+def _trained_adapter(family: str, tmp_path: Path) -> tuple[torch.nn.Module, Path, Path]:
+    """(the adapted model, base folder, adapter folder) with a nonzero, saved LoRA update."""
+    model = tiny(family)
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    model.save_pretrained(base_dir)
+    peft_model = add_lora(model, LoraSpec(rank=2), base_path=base_dir)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_()  # a trained adapter: nonzero update
-    model.save_pretrained(tmp_path / "adapter")
-    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    peft_model.save_pretrained(adapter_dir)
+    return peft_model.eval(), base_dir, adapter_dir
+
+
+@pytest.mark.parametrize("family", ["gpt2", "roberta"])
+def test_saved_adapter_reloads_with_plain_peft(family: str, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    model, base_dir, adapter_dir = _trained_adapter(family, tmp_path)
+    files = {p.name for p in adapter_dir.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert "model.safetensors" not in files  # the base weights are not copied
-    base = GPT2LMHeadModel.from_pretrained(tmp_path / "base")
-    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    cls = GPT2LMHeadModel if family == "gpt2" else RobertaForMaskedLM
+    loaded = PeftModel.from_pretrained(cls.from_pretrained(base_dir), adapter_dir).eval()
+    ids = torch.randint(5, V, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "roberta"])
+def test_saved_adapter_loads_with_peft_auto_classes(family: str, tmp_path: Path) -> None:
+    """The adapter config names its task (causal) or base class (masked, which PEFT has no task
+    type for) and its base folder, so PEFT's auto classes load base + adapter from it alone."""
+    from peft import AutoPeftModel, AutoPeftModelForCausalLM
+
+    model, _, adapter_dir = _trained_adapter(family, tmp_path)
+    auto = AutoPeftModel if family == "roberta" else AutoPeftModelForCausalLM
+    loaded = auto.from_pretrained(adapter_dir).eval()
+    assert type(loaded.get_base_model()) is type(model.get_base_model())
     ids = torch.randint(5, V, (1, 10), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
