@@ -108,6 +108,7 @@ class Run(_Record):
     config: dict[str, Any]
     started_at: datetime
     ended_at: datetime | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from lineage.entities import Evaluation, Model, Tokenizer
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
+from lineage.jobs import job_tracker, recorded, remove_unregistered
 from lineage.modelinfo import read_model_info
 from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
 from lineage.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
@@ -222,10 +222,61 @@ def grow_workspace_model(
     if domain is None:
         raise LineageError(f"{source!r} was trained on no registered domain: pass a domain")
     reg.domain(domain)
+    params = {
+        "source": source,
+        "method": method,
+        "layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "ffn": ffn,
+        "seed": seed,
+        "sample_domain": domain,
+    }
+    tags = {"lineage.model": new, "lineage.parents": source, "lineage.strategy": "grow"}
+    tracker = job_tracker(ws, new, tags)
+    with recorded(reg, "grow", tracker, config=params) as rec:
+        tracker.log_params(params)
+        try:
+            model, report = _grow(ws, src, new, params, block_size, max_blocks, tracker.run_id)
+        except BaseException:
+            remove_unregistered(reg, new, out)
+            raise
+        tracker.log_metrics(
+            {
+                "source_loss": report.source_eval.loss,
+                "grown_loss": report.grown_eval.loss,
+                "source_ppl": report.source_eval.ppl,
+                "grown_ppl": report.grown_eval.ppl,
+            },
+            step=0,
+        )
+        rec.succeed(model.name)
+    return model, report
+
+
+def _grow(
+    ws: Workspace,
+    src: Model,
+    new: str,
+    params: dict[str, Any],
+    block_size: int,
+    max_blocks: int | None,
+    run_id: str | None,
+) -> tuple[Model, GrowthReport]:
+    """Grow, score, save and register (one transaction): the body of `grow_workspace_model`."""
+    reg = ws.registry
+    domain, method, seed = params["sample_domain"], params["method"], params["seed"]
+    out = ws.models_dir / new
     device = default_device()
     lm = load_model(Path(src.path), device=device)
     grown, record = grow_model(
-        lm, layers=layers, hidden=hidden, heads=heads, ffn=ffn, method=method, seed=seed
+        lm,
+        layers=params["layers"],
+        hidden=params["hidden"],
+        heads=params["heads"],
+        ffn=params["ffn"],
+        method=method,
+        seed=seed,
     )
     blocks = valid_blocks(ws, domain, Path(src.path), block_size, max_blocks)
     info = TokenizerInfo.of(load_tokenizer(Path(src.path)))
@@ -237,22 +288,25 @@ def grow_workspace_model(
         grown.save_pretrained(str(tmp))  # safetensors
         copy_tokenizer_files(Path(src.path), tmp)
         (tmp / GROWTH_FILE).write_text(record.to_json(), encoding="utf-8")
-    shape = f"{layers} layers x {hidden}"
-    try:
+    shape = f"{params['layers']} layers x {params['hidden']}"
+    with reg.transaction():  # the model, its edge and its scores, or nothing
         model = reg.add_model(
             new,
             str(out),
             read_model_info(out),
             domains=src.domains,
-            description=f"{method.upper()} growth of {source} to {shape} (seed {seed})",
+            description=f"{method.upper()} growth of {src.name} to {shape} (seed {seed})",
         )
-    except LineageError:
-        shutil.rmtree(out, ignore_errors=True)  # lost a race for the name: leave no files
-        raise
-    reg.add_edge(source, new, "grow", params=growth_edge_params(record))
-    for name, score in ((source, scores[0]), (new, scores[1])):
-        reg.add_evaluation(
-            name, domain, loss=score.loss, ppl=score.ppl, n_tokens=score.n_tokens, step=0
-        )
+        reg.add_edge(src.name, new, "grow", params=growth_edge_params(record), mlflow_run_id=run_id)
+        for name, score in ((src.name, scores[0]), (new, scores[1])):
+            reg.add_evaluation(
+                name,
+                domain,
+                loss=score.loss,
+                ppl=score.ppl,
+                n_tokens=score.n_tokens,
+                step=0,
+                mlflow_run_id=run_id,
+            )
     ws.write_model_card(new)
-    return model, GrowthReport(source, new, record, domain, scores[0], scores[1])
+    return model, GrowthReport(src.name, new, record, domain, scores[0], scores[1])

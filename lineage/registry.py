@@ -24,6 +24,7 @@ from lineage.ancestry import (
 )
 from lineage.db import (
     EDGE_KINDS,
+    RUN_STATUSES,
     CacheRow,
     DomainRow,
     EdgeRow,
@@ -50,18 +51,42 @@ class Registry:
         self.engine = make_engine(url)
         self.schema_revision = check_schema(self.engine, upgrade_fresh=upgrade_fresh)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._outer: Session | None = None  # the session of an open `transaction()`
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
+    def transaction(self) -> Iterator[Registry]:
+        """Group several writes into one transaction: all of them, or none if anything raises.
+
+        Inside, every call of this registry (reads too) runs in the one transaction, so it sees
+        its own uncommitted rows; a nested ``transaction()`` joins the outer one.
+        """
+        if self._outer is not None:
+            yield self
+            return
+        with self._write() as session:
+            self._outer = session
+            try:
+                yield self
+            finally:
+                self._outer = None
+
+    @contextmanager
     def _read(self) -> Iterator[Session]:
+        if self._outer is not None:
+            yield self._outer
+            return
         with self._sessions() as session:
             yield session
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back (nothing changed) on any error."""
+        if self._outer is not None:  # part of an enclosing transaction(): it commits
+            yield self._outer
+            return
         conn = self.engine.connect().execution_options(lineage_write=True)
         try:
             with Session(bind=conn, expire_on_commit=False) as session, session.begin():
@@ -382,15 +407,29 @@ class Registry:
             s.flush()
             return _run(row, None)
 
-    def finish_run(self, run_id: int, *, status: str, model: str | None = None) -> E.Run:
+    def finish_run(
+        self, run_id: int, *, status: str, model: str | None = None, error: str | None = None
+    ) -> E.Run:
+        """End a run: ``finished``, ``failed`` (with its ``error``) or ``killed``."""
+        if status not in RUN_STATUSES:
+            raise LineageError(f"run status must be one of {', '.join(RUN_STATUSES)}")
         with self._write() as s:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise NotFoundError(f"no run with id {run_id}")
-            row.status, row.ended_at = status, utcnow()
+            row.status, row.ended_at, row.error = status, utcnow(), error
             if model is not None:
                 row.model_id = _model_row(s, model).id
             return _run(row, model)
+
+    def reopen_run(self, mlflow_run_id: str) -> E.Run | None:
+        """Mark the run of ``mlflow_run_id`` running again (a resumed job); None if unknown."""
+        with self._write() as s:
+            row = s.scalar(select(RunRow).where(RunRow.mlflow_run_id == mlflow_run_id))
+            if row is None:
+                return None
+            row.status, row.ended_at, row.error = "running", None, None
+            return _run(row, None)
 
     def runs(self) -> list[E.Run]:
         with self._read() as s:
@@ -567,6 +606,7 @@ def _run(r: RunRow, model: str | None) -> E.Run:
         dict(r.config),
         r.started_at,
         r.ended_at,
+        r.error,
     )
 
 

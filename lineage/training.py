@@ -23,8 +23,9 @@ from lineage.data import BlockShard, MixtureSampler, ShardSource
 from lineage.entities import Model
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import evaluate
+from lineage.jobs import recorded, remove_unregistered
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.modelinfo import read_model_info
+from lineage.modelinfo import ModelInfo, read_model_info
 from lineage.modeling import load_model
 from lineage.plans import load_plan
 from lineage.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
@@ -227,7 +228,6 @@ def _sources(
             sources.append(BlockShard(blocks.key, blocks.blocks, student.objective, info))
             continue
         teacher = reg.model(a.teacher)
-        check_same_vocabulary(teacher, student)
         if job.teacher_mode == "online":
             if a.teacher not in online:
                 online[a.teacher] = load_model(Path(teacher.path))
@@ -356,11 +356,9 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         reviewed = tuple(dict.fromkeys(a.blocks.shard.domain for a in replayed))
         job = dataclasses.replace(job, replay_domains=reviewed)
     assigned += replayed
+    for teacher in {a.teacher for a in assigned if a.teacher is not None}:
+        check_same_vocabulary(reg.model(teacher), student)  # before any record is written
     state = PartialState()
-    tokenizer = load_tokenizer(Path(student.path))
-    info = TokenizerInfo.of(tokenizer)
-    sources, online = _sources(ws, job, student, assigned, info, progress)
-    schedules = _schedules(assigned)
     run_dir = ws.root / "runs" / job.output
     out_dir = (ws.adapters_dir if job.lora else ws.models_dir) / job.output
     if out_dir.exists():
@@ -370,14 +368,43 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
             f"an interrupted run of {job.output!r} exists in {run_dir}: pass --resume to continue "
             "it, or remove that folder"
         )
-    tracker = _tracker(ws, job, student, run_dir / "checkpoints", state.is_main_process)
-    run = None
-    if state.is_main_process and not job.resume:  # a resumed run keeps its records
-        params = dataclasses.asdict(job)
-        run = reg.start_run(job.strategy, mlflow_run_id=tracker.run_id, config=params)
-        tracker.log_params(params)
-        for a in assigned:
-            tracker.log_dataset(a.blocks.key, a.blocks.shard.digest, a.blocks.shard.path)
+    main = state.is_main_process
+    tracker = _tracker(ws, job, student, run_dir / "checkpoints", main)
+    params = dataclasses.asdict(job)
+    with recorded(reg, job.strategy, tracker, config=params, main=main, resume=job.resume) as rec:
+        if main and not job.resume:  # a resumed run keeps its records
+            tracker.log_params(params)
+            for a in assigned:
+                tracker.log_dataset(a.blocks.key, a.blocks.shard.digest, a.blocks.shard.path)
+        result, teacher_params = _train(ws, job, student, assigned, tracker, run_dir, progress)
+        self_ki = teacher_params.pop(student.name, None)  # the student taught itself: no ki edge
+        model = None
+        if main:
+            try:
+                model = _register(ws, job, student, result, teacher_params, self_ki)
+            except BaseException:
+                remove_unregistered(reg, job.output, out_dir)  # a rerun can --resume
+                raise
+            tracker.set_tags({"lineage.registered": model.name})
+            rec.succeed(model.name)
+    return TrainOutcome(model, result, result.run_id, teacher_params)
+
+
+def _train(
+    ws: Workspace,
+    job: TrainJob,
+    student: Model,
+    assigned: list[_Assigned],
+    tracker: Tracker,
+    run_dir: Path,
+    progress: bool,
+) -> tuple[TrainResult, dict[str, dict[str, Any]]]:
+    """Teachers' caches, the sampler and the student; then the training loop itself."""
+    state = PartialState()
+    tokenizer = load_tokenizer(Path(student.path))
+    info = TokenizerInfo.of(tokenizer)
+    sources, online = _sources(ws, job, student, assigned, info, progress)
+    schedules = _schedules(assigned)
     sampler = MixtureSampler(
         sources,
         batch_size=job.config.batch_size,
@@ -390,14 +417,14 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     )
     lm = load_model(Path(student.path))
     if job.lora is not None:
-        add_lora(lm, job.lora, seed=job.config.seed)
+        lm = add_lora(lm, job.lora, seed=job.config.seed, base_path=student.path)
     result = train(
         lm,
         config=job.config,
         sampler=sampler,
         eval_sets=_eval_sets(ws, job, student),
         objective=student.objective,
-        out_dir=out_dir,
+        out_dir=(ws.adapters_dir if job.lora else ws.models_dir) / job.output,
         checkpoint_dir=run_dir / "checkpoints",
         tracker=tracker,
         schedules=schedules,
@@ -407,16 +434,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         tokenizer=tokenizer,
         auto_samples=_auto_samples(ws, job, assigned, student, info),
     )
-    teacher_params = _teacher_params(job, assigned, schedules)
-    self_ki = teacher_params.pop(student.name, None)  # the student taught itself: no ki edge
-    model = None
-    if state.is_main_process:
-        model = _register(ws, job, student, result, teacher_params, self_ki)
-        tracker.set_tags({"lineage.registered": model.name})
-        tracker.finish("FINISHED")
-        if run is not None:
-            reg.finish_run(run.id, status="finished", model=model.name)
-    return TrainOutcome(model, result, result.run_id, teacher_params)
+    return result, _teacher_params(job, assigned, schedules)
 
 
 def _schedules(assigned: list[_Assigned]) -> dict[str, Any]:
@@ -464,9 +482,26 @@ def _register(
     out_dir = result.model_dir
     domains = list(dict.fromkeys([*student.domains, *job.domains]))
     info = adapter_info(student, out_dir) if job.lora else read_model_info(out_dir)
+    with reg.transaction():  # the model with all its edges and evaluations, or nothing
+        model = _register_rows(ws, job, student, result, teachers, self_ki, domains, info)
+    ws.write_model_card(model.name)
+    return model
+
+
+def _register_rows(
+    ws: Workspace,
+    job: TrainJob,
+    student: Model,
+    result: TrainResult,
+    teachers: dict[str, dict[str, Any]],
+    self_ki: dict[str, Any] | None,
+    domains: list[str],
+    info: ModelInfo,
+) -> Model:
+    reg = ws.registry
     model = reg.add_model(
         job.output,
-        str(out_dir),
+        str(result.model_dir),
         info,
         domains=domains,
         description=f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from "
@@ -484,7 +519,6 @@ def _register(
     for teacher, params in teachers.items():
         reg.add_edge(teacher, model.name, "ki", params=params, mlflow_run_id=result.run_id)
     _add_evaluations(ws, student, model, result)
-    ws.write_model_card(model.name)
     return model
 
 

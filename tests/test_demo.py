@@ -45,8 +45,12 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
     client = MlflowClient(ws.tracking_uri)
     experiment = client.get_experiment_by_name(ws.config.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], max_results=200)
-    trained = [r for r in runs if "lineage.model" in r.data.tags]
-    assert len(trained) == 13 and all(r.info.status == "FINISHED" for r in trained)  # 13 trainings
+    made = [r for r in runs if "lineage.model" in r.data.tags]
+    assert all(r.info.status == "FINISHED" for r in made)
+    grown = [r for r in made if r.data.tags["lineage.strategy"] == "grow"]
+    trained = [r for r in made if r not in grown]
+    assert len(trained) == 13 and len(grown) == 1  # 13 trainings, one growth (g2-aki)
+    assert grown[0].data.metrics["grown_loss"] > 0
     ki_run = next(r for r in trained if r.data.tags["lineage.model"] == "g2-adapt-ki")
     assert any(k.startswith("forgetting/") for k in ki_run.data.metrics)
     assert any(k.startswith("alpha/") for k in ki_run.data.metrics)
