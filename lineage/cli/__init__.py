@@ -13,6 +13,7 @@ from lineage.cli.adapt import adapt_command
 from lineage.cli.common import app as make_app
 from lineage.cli.common import console, workspace
 from lineage.cli.demo import demo
+from lineage.cli.doctor import doctor
 from lineage.cli.grow import grow
 from lineage.cli.train import train
 from lineage.cli.ui import ui
@@ -34,6 +35,15 @@ app.command()(grow)
 app.add_typer(cache.app, name="cache")
 app.command("adapt")(adapt_command)
 app.add_typer(report.app, name="report")
+app.command()(doctor)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lineage import __version__
+
+        typer.echo(f"lineage {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -43,6 +53,12 @@ def _root(
         Path | None,
         typer.Option("--workspace", "-w", envvar=ENV_VAR, help="Workspace folder (default: .)."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = {"workspace": workspace_dir}
 
