@@ -39,7 +39,6 @@ import torch
 from lineage.blocks import shard_blocks, valid_blocks
 from lineage.data import BlockShard, MixtureSampler
 from lineage.domains import add_domain, bundled_domains_dir
-from lineage.entities import Model
 from lineage.lifecycle import (
     create_workspace_model,
     grow_workspace_model,
@@ -47,6 +46,7 @@ from lineage.lifecycle import (
 )
 from lineage.modeling import ModelShape, load_model
 from lineage.plots import curves
+from lineage.registry.entities import Model
 from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.tracking import NullTracker

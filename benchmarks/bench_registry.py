@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lineage.modelinfo import ModelInfo
 from lineage.registry import Registry
+from lineage.registry.modelinfo import ModelInfo
 
 INFO = ModelInfo("roberta", "mlm", 2, 64, 2, 256, 8000, 1_000_000, "f" * 64)
 

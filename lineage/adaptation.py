@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from lineage.adapters import LoraSpec, is_adapter
-from lineage.entities import Model
 from lineage.errors import LineageError
 from lineage.forgetting import (
     DomainForgetting,
@@ -30,6 +29,7 @@ from lineage.forgetting import (
 )
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
 from lineage.plans import compatible_teachers, create_plan, load_plan
+from lineage.registry.entities import Model
 from lineage.schedules import SCHEDULE_KINDS
 from lineage.teachers import TEACHER_MODES
 from lineage.trainer import TrainConfig

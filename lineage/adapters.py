@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from lineage.data import IGNORE_INDEX, causal_targets
-from lineage.entities import Model
 from lineage.errors import LineageError
-from lineage.modelinfo import ModelInfo, count_parameters, read_model_info
+from lineage.registry.entities import Model
+from lineage.registry.modelinfo import ModelInfo, count_parameters, read_model_info
 
 if TYPE_CHECKING:
-    from lineage.registry import Registry
+    from lineage.registry.store import Registry
     from lineage.workspace import Workspace
 
 __all__ = [

@@ -13,9 +13,9 @@ import numpy as np
 
 from lineage.data import load_blocks, tokenize_to_blocks
 from lineage.domains import shard_documents
-from lineage.entities import Shard
 from lineage.errors import LineageError
-from lineage.modelinfo import tokenizer_fingerprint
+from lineage.registry.entities import Shard
+from lineage.registry.modelinfo import tokenizer_fingerprint
 from lineage.tokenizer import load_tokenizer
 from lineage.workspace import Workspace
 

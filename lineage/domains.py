@@ -21,7 +21,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from lineage.entities import Domain
 from lineage.errors import ConflictError, LineageError
 from lineage.files import atomic_dir, atomic_write_text
 from lineage.profiles import (
@@ -31,6 +30,7 @@ from lineage.profiles import (
     iter_documents,
     proximity_matrix,
 )
+from lineage.registry.entities import Domain
 from lineage.workspace import Workspace
 
 SUPPORTED = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")

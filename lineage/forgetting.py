@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lineage.entities import Evaluation, Model
 from lineage.errors import LineageError
+from lineage.registry.entities import Evaluation, Model
 
 if TYPE_CHECKING:
     from lineage.workspace import Workspace

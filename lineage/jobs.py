@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lineage.entities import Run
-from lineage.registry import Registry
+from lineage.registry.entities import Run
+from lineage.registry.store import Registry
 from lineage.tracking import MlflowTracker, NullTracker, Tracker
 
 if TYPE_CHECKING:

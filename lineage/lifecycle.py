@@ -18,13 +18,13 @@ import torch
 from lineage.blocks import valid_blocks
 from lineage.checkpoints import atomic_dir
 from lineage.domains import domain_texts
-from lineage.entities import Evaluation, Model, Tokenizer
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
 from lineage.jobs import job_tracker, recorded, remove_unregistered
-from lineage.modelinfo import read_model_info
 from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
+from lineage.registry.entities import Evaluation, Model, Tokenizer
+from lineage.registry.modelinfo import read_model_info
 from lineage.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.tokenizer import TokenizerInfo, copy_tokenizer_files, load_tokenizer, train_tokenizer
 from lineage.workspace import Workspace

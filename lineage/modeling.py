@@ -26,7 +26,7 @@ from transformers import (
 
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
-from lineage.modelinfo import read_model_info
+from lineage.registry.modelinfo import read_model_info
 
 # Shapes and families are plain data (lineage.shapes); re-exported for callers of this module.
 from lineage.shapes import FAMILIES as FAMILIES

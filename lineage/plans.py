@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lineage.entities import Model, Plan, Shard
 from lineage.errors import LineageError
+from lineage.registry.entities import Model, Plan, Shard
 from lineage.router import Assignment, Router, RouterWeights
 from lineage.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 
 if TYPE_CHECKING:
-    from lineage.registry import Registry
+    from lineage.registry.store import Registry
     from lineage.workspace import Workspace
 
 __all__ = ["PLAN_VERSION", "PlanSpec", "ShardPlan", "create_plan", "load_plan", "make_schedule"]

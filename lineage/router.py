@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from lineage.entities import Shard
 from lineage.errors import LineageError
 from lineage.profiles import SharedTerm, VocabularyProfile, profile_texts
+from lineage.registry.entities import Shard
 
 if TYPE_CHECKING:
-    from lineage.registry import Registry
+    from lineage.registry.store import Registry
     from lineage.workspace import Workspace
 
 __all__ = [

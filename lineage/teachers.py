@@ -11,10 +11,10 @@ from transformers import PreTrainedModel
 
 from lineage.blocks import ShardBlocks, domain_blocks
 from lineage.cache import CacheMeta, LogitCache, build_cache, open_cache
-from lineage.entities import Cache, Model
 from lineage.errors import LineageError
 from lineage.jobs import job_tracker, recorded
 from lineage.modeling import load_model
+from lineage.registry.entities import Cache, Model
 from lineage.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.workspace import Workspace
 

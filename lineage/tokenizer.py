@@ -3,7 +3,7 @@
 Special tokens have fixed ids so every model of the family agrees on them:
 ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4. Saved in Hugging Face format
 (``tokenizer.json`` + ``tokenizer_config.json``) so ``AutoTokenizer.from_pretrained`` loads it
-offline; its identity is :func:`lineage.modelinfo.tokenizer_fingerprint` (the vocabulary).
+offline; its identity is :func:`lineage.registry.modelinfo.tokenizer_fingerprint` (the vocabulary).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
-from lineage.modelinfo import tokenizer_fingerprint
+from lineage.registry.modelinfo import tokenizer_fingerprint
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")  # ids 0..4, in this order
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -20,14 +20,14 @@ from lineage.adapters import LoraSpec, adapter_bytes, adapter_info, add_lora, is
 from lineage.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.checkpoints import checkpoint_run_id
 from lineage.data import BlockShard, MixtureSampler, ShardSource
-from lineage.entities import Model
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import evaluate
 from lineage.jobs import recorded, remove_unregistered
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.modelinfo import ModelInfo, read_model_info
 from lineage.modeling import load_model
 from lineage.plans import load_plan
+from lineage.registry.entities import Model
+from lineage.registry.modelinfo import ModelInfo, read_model_info
 from lineage.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
 from lineage.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
 from lineage.tokenizer import TokenizerInfo, load_tokenizer

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
-from lineage.entities import Model
 from lineage.errors import LineageError
-from lineage.modelcard import write_card
-from lineage.modelinfo import read_model_info
-from lineage.registry import Registry
+from lineage.registry.entities import Model
+from lineage.registry.modelcard import write_card
+from lineage.registry.modelinfo import read_model_info
+from lineage.registry.store import Registry
 
 if TYPE_CHECKING:
     from lineage.router import Router

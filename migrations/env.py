@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from lineage.db import Base
+from lineage.registry.db import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,4 +1,4 @@
-from lineage.ancestry import longest_chain, shortest_depths
+from lineage.registry.ancestry import longest_chain, shortest_depths
 
 # 0 -> 1 -> 2 -> 3 and a shortcut 0 -> 3; 4 is unreachable
 CHILDREN = {0: [1, 3], 1: [2], 2: [3]}

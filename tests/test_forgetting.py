@@ -14,7 +14,6 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from lineage.cli import app
-from lineage.entities import Evaluation, Model
 from lineage.forgetting import (
     PerplexityMatrix,
     backward_transfer,
@@ -24,6 +23,7 @@ from lineage.forgetting import (
     forward_transfer,
     learned_at,
 )
+from lineage.registry.entities import Evaluation, Model
 from lineage.workspace import Workspace
 
 NAN = math.nan

@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
 
-from lineage.entities import Edge, Model
-from lineage.graph import render, to_text
-from lineage.modelcard import render_card
+from lineage.registry.entities import Edge, Model
+from lineage.registry.graph import render, to_text
+from lineage.registry.modelcard import render_card
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from lineage.db import Base, make_engine
 from lineage.errors import ConflictError, LineageError
 from lineage.registry import Registry
-from lineage.schema import (
+from lineage.registry.db import Base, make_engine
+from lineage.registry.schema import (
     check_schema,
     current_revision,
     downgrade,

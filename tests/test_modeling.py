@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from lineage.errors import LineageError
-from lineage.modelinfo import read_model_info
 from lineage.modeling import (
     FAMILIES,
     PRESETS,
@@ -21,6 +20,7 @@ from lineage.modeling import (
     create_model,
     load_model,
 )
+from lineage.registry.modelinfo import read_model_info
 from lineage.tokenizer import load_tokenizer, train_tokenizer
 
 VOCABULARY = "alpha beta gamma delta protein cell graph kernel the of and model data"

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from lineage.cli import app
 from lineage.domains import bundled_domains_dir, read_documents
 from lineage.errors import LineageError, NotFoundError
-from lineage.modelinfo import ModelInfo
 from lineage.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
 from lineage.profiles import profile_texts
+from lineage.registry.modelinfo import ModelInfo
 from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.workspace import Workspace
 
@@ -288,7 +288,7 @@ def test_auto_teachers_leave_out_adapters_and_other_objectives(family_ws) -> Non
 
 
 def _info_of(model):  # type: ignore[no-untyped-def]
-    from lineage.modelinfo import ModelInfo
+    from lineage.registry.modelinfo import ModelInfo
 
     return ModelInfo(
         model.family,

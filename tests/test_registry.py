@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
-from lineage.modelinfo import ModelInfo
 from lineage.registry import Registry
+from lineage.registry.modelinfo import ModelInfo
 from lineage.workspace import Workspace
 
 

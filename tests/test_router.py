@@ -17,8 +17,8 @@ from lineage.cli import app
 from lineage.domains import bundled_domains_dir, read_documents
 from lineage.errors import LineageError
 from lineage.evaluation import PerplexityMeter
-from lineage.modelinfo import ModelInfo
 from lineage.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
+from lineage.registry.modelinfo import ModelInfo
 from lineage.router import (
     CandidateInfo,
     DomainIndex,

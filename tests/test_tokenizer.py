@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lineage.errors import LineageError
-from lineage.modelinfo import tokenizer_fingerprint
+from lineage.registry.modelinfo import tokenizer_fingerprint
 from lineage.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
 
 VOCABULARY = "alpha beta gamma delta protein cell graph kernel the of and model data über"

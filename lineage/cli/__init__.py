@@ -17,7 +17,7 @@ from lineage.cli.doctor import doctor
 from lineage.cli.grow import grow
 from lineage.cli.train import train
 from lineage.cli.ui import ui
-from lineage.graph import FORMATS, render
+from lineage.registry.graph import FORMATS, render
 from lineage.workspace import ENV_VAR, Workspace
 
 app = make_app("Continual domain adaptation and model lineage: Knowledge Inheritance and growth.")

@@ -6,15 +6,15 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json
 from lineage.cli.common import app as make_app
-from lineage.schema import current_revision, head_revision
-from lineage.schema import upgrade as upgrade_schema
+from lineage.registry.schema import current_revision, head_revision
+from lineage.registry.schema import upgrade as upgrade_schema
 from lineage.workspace import Workspace
 
 app = make_app("Registry database schema (Alembic migrations).")
 
 
 def _engine(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from lineage.db import make_engine
+    from lineage.registry.db import make_engine
 
     ws = Workspace.open(ctx.find_root().obj.get("workspace"))
     return make_engine(ws.registry_url)

@@ -31,8 +31,8 @@ def _revision(url: str) -> str:
     """The registry's schema revision, read without creating or upgrading anything."""
     from sqlalchemy.engine import make_url
 
-    from lineage.db import make_engine
-    from lineage.schema import current_revision, head_revision
+    from lineage.registry.db import make_engine
+    from lineage.registry.schema import current_revision, head_revision
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():

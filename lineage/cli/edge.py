@@ -8,7 +8,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.db import EDGE_KINDS
+from lineage.registry.db import EDGE_KINDS
 
 app = make_app("Edges: how a model came from another (ki, grow, adapt, adapter).")
 

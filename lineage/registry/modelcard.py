@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from lineage.entities import Edge, Model
 from lineage.files import atomic_write_text
+from lineage.registry.entities import Edge, Model
 
 # Our edge kinds onto the Hub's base_model_relation vocabulary. KI teachers are not a base
 # model (the student's weights do not come from them): they are listed in the lineage section.

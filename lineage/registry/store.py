@@ -1,7 +1,8 @@
-"""The registry: models, domains, tokenizers and the inheritance edges between models.
+"""The registry: models, domains, tokenizers and the inheritance edges between models
+(evaluations, runs, plans, proximity and caches: ``lineage.registry.records``).
 
 Every change runs in one transaction (SQLite: ``BEGIN IMMEDIATE``, so concurrent writers wait
-instead of failing); every read returns plain entities from ``lineage.entities``.
+instead of failing); every read returns plain entities from ``lineage.registry.entities``.
 """
 
 from __future__ import annotations
@@ -10,40 +11,45 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from lineage import entities as E
-from lineage.ancestry import (
+from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.registry import entities as E
+from lineage.registry.ancestry import (
     Direction,
     longest_chain,
     reachable_ids,
     reachable_subgraph,
     shortest_depths,
 )
-from lineage.db import (
+from lineage.registry.db import (
     EDGE_KINDS,
-    RUN_STATUSES,
-    CacheRow,
     DomainRow,
     EdgeRow,
     EvaluationRow,
     ModelRow,
-    PlanRow,
-    ProximityRow,
-    RunRow,
     ShardRow,
     TokenizerRow,
     make_engine,
-    utcnow,
 )
-from lineage.errors import ConflictError, LineageError, NotFoundError
-from lineage.modelinfo import ModelInfo
-from lineage.schema import check_schema
+from lineage.registry.modelinfo import ModelInfo
+from lineage.registry.records import RecordsMixin
+from lineage.registry.rows import (
+    _domain,
+    _domain_row,
+    _edge,
+    _edge_query,
+    _model,
+    _model_row,
+    _shard,
+    _tokenizer,
+)
+from lineage.registry.schema import check_schema
 
 
-class Registry:
+class Registry(RecordsMixin):
     """Typed access to the registry database at ``url`` (any SQLAlchemy URL)."""
 
     def __init__(self, url: str, *, upgrade_fresh: bool = True) -> None:
@@ -347,267 +353,6 @@ class Registry:
             if row is None:
                 raise NotFoundError(f"no shard with id {shard_id}")
             row.profile = profile
-
-    # ---- evaluations, runs, plans, proximity, caches -----------------------------------
-
-    def add_evaluation(
-        self,
-        model: str,
-        domain: str,
-        *,
-        loss: float,
-        ppl: float,
-        step: int = 0,
-        n_tokens: int = 0,
-        mlflow_run_id: str | None = None,
-    ) -> E.Evaluation:
-        with self._write() as s:
-            row = EvaluationRow(
-                model_id=_model_row(s, model).id,
-                domain_id=_domain_row(s, domain).id,
-                step=step,
-                loss=loss,
-                ppl=ppl,
-                n_tokens=n_tokens,
-                mlflow_run_id=mlflow_run_id,
-            )
-            s.add(row)
-            s.flush()
-            return _evaluation(row, model, domain)
-
-    def evaluations(
-        self, model: str | None = None, domain: str | None = None
-    ) -> list[E.Evaluation]:
-        with self._read() as s:
-            query = (
-                select(EvaluationRow, ModelRow.name, DomainRow.name)
-                .join(ModelRow, ModelRow.id == EvaluationRow.model_id)
-                .join(DomainRow, DomainRow.id == EvaluationRow.domain_id)
-                .order_by(EvaluationRow.id)
-            )
-            if model is not None:
-                query = query.where(ModelRow.name == model)
-            if domain is not None:
-                query = query.where(DomainRow.name == domain)
-            return [_evaluation(r, m, d) for r, m, d in s.execute(query)]
-
-    def start_run(
-        self,
-        kind: str,
-        *,
-        mlflow_run_id: str | None = None,
-        config: dict[str, Any] | None = None,
-        plan_id: int | None = None,
-    ) -> E.Run:
-        with self._write() as s:
-            row = RunRow(
-                kind=kind, mlflow_run_id=mlflow_run_id, config=config or {}, plan_id=plan_id
-            )
-            s.add(row)
-            s.flush()
-            return _run(row, None)
-
-    def finish_run(
-        self, run_id: int, *, status: str, model: str | None = None, error: str | None = None
-    ) -> E.Run:
-        """End a run: ``finished``, ``failed`` (with its ``error``) or ``killed``."""
-        if status not in RUN_STATUSES:
-            raise LineageError(f"run status must be one of {', '.join(RUN_STATUSES)}")
-        with self._write() as s:
-            row = s.get(RunRow, run_id)
-            if row is None:
-                raise NotFoundError(f"no run with id {run_id}")
-            row.status, row.ended_at, row.error = status, utcnow(), error
-            if model is not None:
-                row.model_id = _model_row(s, model).id
-            return _run(row, model)
-
-    def reopen_run(self, mlflow_run_id: str) -> E.Run | None:
-        """Mark the run of ``mlflow_run_id`` running again (a resumed job); None if unknown."""
-        with self._write() as s:
-            row = s.scalar(select(RunRow).where(RunRow.mlflow_run_id == mlflow_run_id))
-            if row is None:
-                return None
-            row.status, row.ended_at, row.error = "running", None, None
-            return _run(row, None)
-
-    def runs(self) -> list[E.Run]:
-        with self._read() as s:
-            query = select(RunRow, ModelRow.name).outerjoin(ModelRow).order_by(RunRow.id)
-            return [_run(r, m) for r, m in s.execute(query)]
-
-    def add_plan(self, name: str, student: str, spec: dict[str, Any]) -> E.Plan:
-        with self._write() as s:
-            if s.scalar(select(PlanRow.id).where(PlanRow.name == name)) is not None:
-                raise ConflictError(f"a plan named {name!r} already exists")
-            row = PlanRow(name=name, student_id=_model_row(s, student).id, spec=spec)
-            s.add(row)
-            s.flush()
-            return E.Plan(row.id, name, student, spec, row.created_at)
-
-    def plan(self, name_or_id: str | int) -> E.Plan:
-        with self._read() as s:
-            query = select(PlanRow, ModelRow.name).join(ModelRow, ModelRow.id == PlanRow.student_id)
-            key = str(name_or_id)
-            cond = PlanRow.id == int(key) if key.isdigit() else PlanRow.name == key
-            found = s.execute(query.where(cond)).first()
-            if found is None:
-                raise NotFoundError(f"no plan {name_or_id!r} (see `lineage plan list`)")
-            row, student = found
-            return E.Plan(row.id, row.name, student, row.spec, row.created_at)
-
-    def plans(self) -> list[E.Plan]:
-        with self._read() as s:
-            query = select(PlanRow, ModelRow.name).join(ModelRow, ModelRow.id == PlanRow.student_id)
-            return [E.Plan(r.id, r.name, m, r.spec, r.created_at) for r, m in s.execute(query)]
-
-    def save_proximity(
-        self, measure: str, params: dict[str, Any], domains: list[str], matrix: list[list[float]]
-    ) -> None:
-        with self._write() as s:
-            s.add(ProximityRow(measure=measure, params=params, domains=domains, matrix=matrix))
-
-    def latest_proximity(self, measure: str) -> tuple[list[str], list[list[float]]] | None:
-        with self._read() as s:
-            row = s.scalar(
-                select(ProximityRow)
-                .where(ProximityRow.measure == measure)
-                .order_by(ProximityRow.id.desc())
-                .limit(1)
-            )
-            return None if row is None else (list(row.domains), [list(r) for r in row.matrix])
-
-    def add_cache(
-        self, path: str, teacher: str, top_k: int, manifest: dict[str, Any], domain: str | None
-    ) -> E.Cache:
-        with self._write() as s:
-            s.execute(delete(CacheRow).where(CacheRow.path == path))  # a rebuild replaces it
-            row = CacheRow(
-                path=path,
-                teacher_id=_model_row(s, teacher).id,
-                top_k=top_k,
-                manifest=manifest,
-                domain_id=None if domain is None else _domain_row(s, domain).id,
-            )
-            s.add(row)
-            s.flush()
-            return E.Cache(row.id, path, teacher, domain, top_k, manifest, row.created_at)
-
-    def caches(self, teacher: str | None = None) -> list[E.Cache]:
-        with self._read() as s:
-            query = (
-                select(CacheRow, ModelRow.name, DomainRow.name)
-                .join(ModelRow, ModelRow.id == CacheRow.teacher_id)
-                .outerjoin(DomainRow, DomainRow.id == CacheRow.domain_id)
-                .order_by(CacheRow.id)
-            )
-            if teacher is not None:
-                query = query.where(ModelRow.name == teacher)
-            return [
-                E.Cache(r.id, r.path, t, d, r.top_k, r.manifest, r.created_at)
-                for r, t, d in s.execute(query)
-            ]
-
-
-# ---- queries and row -> entity conversions (module private) ----------------------------
-
-
-def _model_row(s: Session, name: str) -> ModelRow:
-    row = s.scalar(select(ModelRow).where(ModelRow.name == name))
-    if row is None:
-        raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
-    return row
-
-
-def _domain_row(s: Session, name: str) -> DomainRow:
-    row = s.scalar(select(DomainRow).where(DomainRow.name == name))
-    if row is None:
-        known = ", ".join(s.scalars(select(DomainRow.name))) or "none"
-        raise NotFoundError(f"no domain named {name!r} (registered: {known})")
-    return row
-
-
-def _edge_query() -> Select[Any]:
-    parent = select(ModelRow.id, ModelRow.name).subquery("parent")
-    child = select(ModelRow.id, ModelRow.name).subquery("child")
-    return (
-        select(EdgeRow, parent.c.name, child.c.name)
-        .join(parent, parent.c.id == EdgeRow.parent_id)
-        .join(child, child.c.id == EdgeRow.child_id)
-    )
-
-
-def _edge(row: EdgeRow, parent: str, child: str) -> E.Edge:
-    return E.Edge(
-        row.id, parent, child, row.kind, dict(row.params), row.mlflow_run_id, row.created_at
-    )
-
-
-def _model(r: ModelRow) -> E.Model:
-    return E.Model(
-        r.id,
-        r.name,
-        r.path,
-        r.family,
-        r.objective,
-        r.layers,
-        r.d_model,
-        r.heads,
-        r.d_ffn,
-        r.vocab_size,
-        r.n_params,
-        r.tokenizer_fingerprint,
-        list(r.domains),
-        r.description,
-        r.created_at,
-    )
-
-
-def _tokenizer(r: TokenizerRow) -> E.Tokenizer:
-    return E.Tokenizer(
-        r.id, r.name, r.path, r.fingerprint, r.vocab_size, dict(r.params), r.created_at
-    )
-
-
-def _domain(r: DomainRow) -> E.Domain:
-    return E.Domain(
-        r.id,
-        r.name,
-        r.description,
-        list(r.sources),
-        dict(r.card),
-        dict(r.stats),
-        r.content_digest,
-        r.profile,
-        r.created_at,
-    )
-
-
-def _shard(r: ShardRow, domain: str) -> E.Shard:
-    return E.Shard(
-        r.id, domain, r.name, r.split, r.path, r.n_bytes, r.n_documents, r.digest, r.profile
-    )
-
-
-def _evaluation(r: EvaluationRow, model: str, domain: str) -> E.Evaluation:
-    return E.Evaluation(
-        r.id, model, domain, r.step, r.loss, r.ppl, r.n_tokens, r.mlflow_run_id, r.created_at
-    )
-
-
-def _run(r: RunRow, model: str | None) -> E.Run:
-    return E.Run(
-        r.id,
-        r.mlflow_run_id,
-        r.kind,
-        r.status,
-        model,
-        r.plan_id,
-        dict(r.config),
-        r.started_at,
-        r.ended_at,
-        r.error,
-    )
 
 
 __all__ = ["Registry"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lineage.db import EdgeRow, ModelRow
+from lineage.registry.db import EdgeRow, ModelRow
 
 Direction = Literal["ancestors", "descendants"]
 

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 
-from lineage.entities import Edge, Model
+from lineage.registry.entities import Edge, Model
 
 FORMATS = ("text", "dot", "mermaid", "json")
 EDGE_STYLE = {"ki": "dashed", "grow": "bold", "adapt": "solid", "adapter": "dotted"}
