@@ -26,6 +26,7 @@ from lineage.data import IGNORE_INDEX, causal_targets
 from lineage.errors import LineageError
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, count_parameters, read_model_info
+from lineage.router import Router
 
 if TYPE_CHECKING:
     from lineage.registry.store import Registry
@@ -206,7 +207,9 @@ def route_to_adapter(ws: Workspace, text: str, base: str) -> tuple[str, Model | 
     """(the nearest registered domain of ``text``, the adapter or expert model serving it for
     ``base`` — None when nothing does and the base should answer)."""
     ws.registry.model(base)  # NotFoundError before any profiling work
-    domain, _ = ws.router(teachers=[]).nearest_domain(text)  # no candidates: domains only
+    domain, _ = Router.from_workspace(ws, teachers=[]).nearest_domain(
+        text
+    )  # no candidates: domains only
     return domain, match_for_domain(ws.registry, base, domain)
 
 

@@ -53,7 +53,6 @@ __all__ = [
     "Router",
     "RouterWeights",
     "candidate_info",
-    "router_for",
     "score_candidates",
 ]
 
@@ -536,11 +535,6 @@ class Router:
             student_ppl=student_ppl,
             scores=tuple(scores),
         )
-
-
-def router_for(ws: Workspace, **kwargs: Any) -> Router:
-    """``Workspace.router``: ``Router.from_workspace(ws, **kwargs)``."""
-    return Router.from_workspace(ws, **kwargs)
 
 
 def candidate_info(

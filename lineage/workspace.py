@@ -1,6 +1,8 @@
 """A workspace: one folder with ``lineage.toml``, the registry, and the files lineage makes.
 
 ``Workspace.open(path)`` is the Python API's front door; everything else hangs off it.
+Stage 2 of the layout: it knows the configuration, the registry and the folders, nothing of
+the stages above (a router over a workspace is ``lineage.router.Router.from_workspace(ws)``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
 from lineage.errors import LineageError
@@ -18,9 +19,6 @@ from lineage.registry.entities import Model
 from lineage.registry.modelcard import write_card
 from lineage.registry.modelinfo import read_model_info
 from lineage.registry.store import Registry
-
-if TYPE_CHECKING:
-    from lineage.router import Router
 
 ENV_VAR = "LINEAGE_WORKSPACE"
 
@@ -157,14 +155,6 @@ class Workspace:
         return self.registry.add_model(
             name or model_dir.name, str(model_dir), info, domains=domains, description=description
         )
-
-    def router(self, **kwargs: Any) -> Router:
-        """A router over this workspace's domains and models (``Router.from_workspace``):
-        ``ws.router().nearest_domain(text)``; for the adapter or expert serving a text, see
-        ``lineage.adapters.route_to_adapter``."""
-        from lineage.router import router_for
-
-        return router_for(self, **kwargs)
 
     def write_model_card(self, name: str) -> Path:
         """(Re)write the model directory's README.md card with its lineage."""

@@ -30,6 +30,7 @@ from lineage.adapters import (
 )
 from lineage.domains import domain_texts
 from lineage.errors import LineageError
+from lineage.router import Router
 from lineage.trainer import TrainConfig
 from lineage.workspace import Workspace
 
@@ -196,7 +197,7 @@ def test_a_literature_text_routes_to_the_literature_adapter(family_ws: Workspace
     assert domain == "literature" and match is not None and match.name == "lit-adapter"
     cs_text = next(iter(domain_texts(family_ws, "cs", "valid")))
     assert route_to_adapter(family_ws, cs_text, "teacher-lit") == ("cs", None)
-    assert family_ws.router().nearest_domain(text)[0] == "literature"  # Workspace.router
+    assert Router.from_workspace(family_ws).nearest_domain(text)[0] == "literature"
     # Without an adapter, the base's expert on the domain answers (full models only).
     expert = match_for_domain(family_ws.registry, "student", "literature")
     assert expert is not None and expert.name == "teacher-lit"

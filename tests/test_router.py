@@ -24,7 +24,6 @@ from lineage.router import (
     DomainIndex,
     Router,
     RouterWeights,
-    router_for,
     score_candidates,
 )
 from lineage.router_quality import evaluate_router
@@ -87,7 +86,7 @@ def test_each_bundled_domain_routes_to_its_teacher(
 ) -> None:
     setup_workspace(ws, tmp_path, shard_profiles=shard_profiles)
     shards = ws.registry.shards(split="train")
-    assignments = router_for(ws).route(shards)
+    assignments = Router.from_workspace(ws).route(shards)
     assert [a.teacher for a in assignments] == [f"t_{s.domain}" for s in shards]
     assert [a.domain for a in assignments] == [s.domain for s in shards]
     assert all(a.shard_id == s.id for a, s in zip(assignments, shards, strict=True))
