@@ -28,10 +28,10 @@ import torch
 
 from lineage.adaptation import AdaptJob, adapt
 from lineage.adapters import LoraSpec, adapter_bytes
-from lineage.domains import add_domain, bundled_domains_dir
+from lineage.corpora.domains import add_domain, bundled_domains_dir
+from lineage.corpora.profiles import iter_documents
 from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
 from lineage.modeling import ModelShape
-from lineage.profiles import iter_documents
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, run_training
 from lineage.workspace import Workspace
@@ -103,10 +103,10 @@ def topk_mass(
     ws: Workspace, model: str, domain: str, block: int, ks: tuple[int, ...]
 ) -> list[float]:
     """Mean share of the model's probability mass in its top-k at masked valid targets."""
-    from lineage.blocks import valid_blocks
+    from lineage.corpora.blocks import valid_blocks
+    from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
     from lineage.evaluation import fixed_mlm_targets
     from lineage.modeling import load_model
-    from lineage.tokenizer import TokenizerInfo, load_tokenizer
 
     path = Path(ws.registry.model(model).path)
     lm, info = load_model(path).eval(), TokenizerInfo.of(load_tokenizer(path))

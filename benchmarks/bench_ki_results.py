@@ -46,9 +46,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from lineage import plots
-from lineage.blocks import domain_blocks
 from lineage.compare import curve, saving, steps_to_reach
-from lineage.domains import add_domain, bundled_domains_dir
+from lineage.corpora.blocks import domain_blocks
+from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
 from lineage.modeling import PRESETS
 from lineage.schedules import guided_steps_for

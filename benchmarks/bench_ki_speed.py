@@ -35,10 +35,10 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from lineage.cache import CacheMeta, build_cache, open_cache
-from lineage.data import BlockShard, MixtureSampler, ShardSource
+from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
+from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.modeling import PRESETS, ModelShape, build_config
 from lineage.schedules import InheritanceSchedule
-from lineage.tokenizer import TokenizerInfo
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
-from lineage.data import BlockShard, MixtureSampler, mlm_mask
+from lineage.corpora.batches import BlockShard, MixtureSampler, mlm_mask
+from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.losses import ki_loss
 from lineage.modeling import TargetLogits, build_config
-from lineage.tokenizer import TokenizerInfo
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train
 

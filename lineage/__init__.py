@@ -57,12 +57,17 @@ __all__ = [
 # Old module name -> its module now. Deprecated: the old names go away in the next release.
 _MOVED = {
     "lineage.ancestry": "lineage.registry.ancestry",
+    "lineage.blocks": "lineage.corpora.blocks",
+    "lineage.data": "lineage.corpora.batches",
     "lineage.db": "lineage.registry.db",
+    "lineage.domains": "lineage.corpora.domains",
     "lineage.entities": "lineage.registry.entities",
     "lineage.graph": "lineage.registry.graph",
     "lineage.modelcard": "lineage.registry.modelcard",
     "lineage.modelinfo": "lineage.registry.modelinfo",
+    "lineage.profiles": "lineage.corpora.profiles",
     "lineage.schema": "lineage.registry.schema",
+    "lineage.tokenizer": "lineage.corpora.tokenizer",
 }
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from lineage.data import IGNORE_INDEX, causal_targets
+from lineage.corpora.batches import IGNORE_INDEX, causal_targets
 from lineage.errors import LineageError
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, count_parameters, read_model_info
@@ -221,8 +221,8 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """(LM in eval mode, tokenizer) of a registered model; an adapter is loaded onto its base
     with ``PeftModel.from_pretrained`` and, with ``merge``, folded into the weights."""
+    from lineage.corpora.tokenizer import load_tokenizer
     from lineage.modeling import load_model
-    from lineage.tokenizer import load_tokenizer
 
     reg = ws.registry
     entry = reg.model(model) if isinstance(model, str) else model

@@ -40,7 +40,7 @@ from accelerate.utils import broadcast_object_list
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lineage.data import IGNORE_INDEX, Batch, mlm_mask
+from lineage.corpora.batches import IGNORE_INDEX, Batch, mlm_mask
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.files import sha256_file
 

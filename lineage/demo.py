@@ -23,7 +23,12 @@ from rich.table import Table
 from lineage import plots
 from lineage.adaptation import AdaptJob, adapt
 from lineage.compare import curve, saving, steps_to_reach
-from lineage.domains import add_domain, bundled_domains, bundled_domains_dir, compute_proximity
+from lineage.corpora.domains import (
+    add_domain,
+    bundled_domains,
+    bundled_domains_dir,
+    compute_proximity,
+)
 from lineage.errors import LineageError
 from lineage.forgetting import forgetting_report
 from lineage.lifecycle import (

@@ -21,10 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from lineage.data import IGNORE_INDEX, causal_targets, load_blocks, mlm_mask, tokenize_to_blocks
+from lineage.corpora.batches import (
+    IGNORE_INDEX,
+    causal_targets,
+    load_blocks,
+    mlm_mask,
+    tokenize_to_blocks,
+)
+from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import LineageError
 from lineage.modeling import TargetLogits, check_vocab, load_model
-from lineage.tokenizer import TokenizerInfo, load_tokenizer
 
 if TYPE_CHECKING:
     from lineage.router import CandidateInfo
@@ -133,7 +139,7 @@ def evaluate(
 class PerplexityMeter:
     """``measure=True``: a model's perplexity on a sample of a shard's documents.
 
-    Uses ``lineage.data.tokenize_to_blocks`` and ``lineage.evaluation.evaluate`` (fixed MLM
+    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.evaluation.evaluate`` (fixed MLM
     masks, so models compare on the same targets); models stay loaded between shards. Returns
     None when the sample is shorter than one block. Perplexities compare only between models
     that share a tokenizer and an objective, which plans enforce.

@@ -15,9 +15,15 @@ from typing import Any
 
 import torch
 
-from lineage.blocks import valid_blocks
 from lineage.checkpoints import atomic_dir
-from lineage.domains import domain_texts
+from lineage.corpora.blocks import valid_blocks
+from lineage.corpora.domains import domain_texts
+from lineage.corpora.tokenizer import (
+    TokenizerInfo,
+    copy_tokenizer_files,
+    load_tokenizer,
+    train_tokenizer,
+)
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
@@ -26,7 +32,6 @@ from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
 from lineage.registry.entities import Evaluation, Model, Tokenizer
 from lineage.registry.modelinfo import read_model_info
 from lineage.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
-from lineage.tokenizer import TokenizerInfo, copy_tokenizer_files, load_tokenizer, train_tokenizer
 from lineage.workspace import Workspace
 
 GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights

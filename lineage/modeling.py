@@ -24,6 +24,7 @@ from transformers import (
     RobertaConfig,
 )
 
+from lineage.corpora.tokenizer import load_tokenizer
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
 from lineage.registry.modelinfo import read_model_info
@@ -33,7 +34,6 @@ from lineage.shapes import FAMILIES as FAMILIES
 from lineage.shapes import PRESETS as PRESETS
 from lineage.shapes import ModelShape as ModelShape
 from lineage.shapes import objective_of_family, resolve_shape
-from lineage.tokenizer import load_tokenizer
 
 
 def build_config(

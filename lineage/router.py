@@ -5,7 +5,7 @@ leaves ``optimal`` open but names its ingredients, and the router scores exactly
 
 - **proximity** (Obs. 2, App. D): a teacher trained on a similar domain teaches better. The
   proximity of a shard to a teacher is its largest proximity to one of the teacher's training
-  domains (vocabulary profiles, ``lineage.profiles``);
+  domains (vocabulary profiles, ``lineage.corpora.profiles``);
 - **capacity** (§3.2): with other settings equal, more parameters teach better (log-scaled);
   a prior for quality, so it counts only while some candidate's perplexity is unknown;
 - **quality** (§3.2, §3.3 Table 2): lower perplexity teaches better — the teacher's registry
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lineage.corpora.profiles import SharedTerm, VocabularyProfile, profile_texts
 from lineage.errors import LineageError
-from lineage.profiles import SharedTerm, VocabularyProfile, profile_texts
 from lineage.registry.entities import Shard
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ class _Item:
 
 def read_documents(path: Path) -> Iterable[str]:
     """Documents of a corpus file (text separated by blank lines, .gz, .jsonl, .parquet)."""
-    from lineage.domains import read_documents as read  # the corpus formats live there
+    from lineage.corpora.domains import read_documents as read  # the corpus formats live there
 
     return read(path)
 

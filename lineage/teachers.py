@@ -9,13 +9,13 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from lineage.blocks import ShardBlocks, domain_blocks
 from lineage.cache import CacheMeta, LogitCache, build_cache, open_cache
+from lineage.corpora.blocks import ShardBlocks, domain_blocks
+from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import LineageError
 from lineage.jobs import job_tracker, recorded
 from lineage.modeling import load_model
 from lineage.registry.entities import Cache, Model
-from lineage.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.workspace import Workspace
 
 TEACHER_MODES = ("cached", "online")

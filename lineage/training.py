@@ -17,9 +17,10 @@ import numpy as np
 from accelerate import PartialState
 
 from lineage.adapters import LoraSpec, adapter_bytes, adapter_info, add_lora, is_adapter
-from lineage.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.checkpoints import checkpoint_run_id
-from lineage.data import BlockShard, MixtureSampler, ShardSource
+from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
+from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
+from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import ConflictError, LineageError
 from lineage.evaluation import evaluate
 from lineage.jobs import recorded, remove_unregistered
@@ -30,7 +31,6 @@ from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, read_model_info
 from lineage.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
 from lineage.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
-from lineage.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.tracking import MlflowTracker, NullTracker, Tracker
 from lineage.trainer import AutoSample, TrainConfig, TrainResult, train
 from lineage.workspace import Workspace

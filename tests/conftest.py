@@ -26,7 +26,7 @@ def _one_thread() -> None:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lineage's own byte-level BPE, in Hugging Face format (special tokens 0..4)."""
-    from lineage.tokenizer import train_tokenizer
+    from lineage.corpora.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer") / "tok"
     train_tokenizer(TINY_TEXT, out, vocab_size=300, min_frequency=1)
@@ -94,8 +94,8 @@ def ws(tmp_path: Path) -> Workspace:
 def _bundled_slice(name: str, n_docs: int) -> list[str]:
     import gzip
 
-    from lineage.domains import bundled_domains_dir
-    from lineage.profiles import iter_documents
+    from lineage.corpora.domains import bundled_domains_dir
+    from lineage.corpora.profiles import iter_documents
 
     with gzip.open(bundled_domains_dir() / name / f"{name}.txt.gz", "rt", encoding="utf-8") as fh:
         docs = iter_documents(fh)
@@ -107,7 +107,7 @@ def family_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real family, built once per test process: three slices of the bundled corpora
     (literature, cs, bio), a shared 400-token BPE, a tiny roberta teacher trained on
     literature, and a random 'small'-shape student. Tests copy it (``family_ws``)."""
-    from lineage.domains import add_domain
+    from lineage.corpora.domains import add_domain
     from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
     from lineage.modeling import ModelShape
     from lineage.trainer import TrainConfig

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lineage.adaptation import AdaptJob, adapt, before_after_matrix
 from lineage.adapters import LoraSpec, load_for_inference
 from lineage.cli import app
-from lineage.data import MixtureSampler
+from lineage.corpora.batches import MixtureSampler
 from lineage.errors import LineageError
 from lineage.forgetting import domain_forgetting
 from lineage.trainer import TrainConfig

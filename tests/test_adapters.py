@@ -28,7 +28,7 @@ from lineage.adapters import (
     score,
     text_perplexity,
 )
-from lineage.domains import domain_texts
+from lineage.corpora.domains import domain_texts
 from lineage.errors import LineageError
 from lineage.router import Router
 from lineage.trainer import TrainConfig

@@ -24,7 +24,7 @@ from lineage.cache import (
     open_cache,
     weights_digest,
 )
-from lineage.data import IGNORE_INDEX, causal_targets
+from lineage.corpora.batches import IGNORE_INDEX, causal_targets
 from lineage.errors import ConflictError, LineageError, NotFoundError
 
 V, T, N_BLOCKS = 300, 16, 10

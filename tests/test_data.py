@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lineage.data import (
+from lineage.corpora.batches import (
     IGNORE_INDEX,
     BlockShard,
     MixtureSampler,
@@ -22,8 +22,8 @@ from lineage.data import (
     token_dtype,
     tokenize_to_blocks,
 )
+from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer, train_tokenizer
 from lineage.errors import LineageError
-from lineage.tokenizer import TokenizerInfo, load_tokenizer, train_tokenizer
 
 VOCABULARY = "alpha beta gamma delta protein cell graph kernel the of and model data"
 WORDS = VOCABULARY.split()

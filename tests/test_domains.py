@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lineage.domains import add_domain, bundled_domains, compute_proximity, domain_texts, is_valid
+from lineage.corpora.domains import (
+    add_domain,
+    bundled_domains,
+    compute_proximity,
+    domain_texts,
+    is_valid,
+)
 from lineage.errors import ConflictError, LineageError
 from lineage.workspace import Workspace
 
@@ -106,7 +112,7 @@ def test_more_bad_input(ws: Workspace, tmp_path: Path) -> None:
 def test_profiles_are_cached_by_content(
     ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lineage.domains as domains
+    import lineage.corpora.domains as domains
 
     write_txt(tmp_path / "a.txt", DOCS)
     add_domain(ws, "first", [tmp_path / "a.txt"])
@@ -121,7 +127,7 @@ def test_profiles_are_cached_by_content(
 
 
 def test_bundled_domains_proximity_is_low_off_the_diagonal(ws: Workspace) -> None:
-    from lineage.domains import bundled_domains_dir
+    from lineage.corpora.domains import bundled_domains_dir
 
     assert bundled_domains() == ["bio", "cs", "literature"]
     for name in bundled_domains():

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
+from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.evaluation import evaluate, fixed_mlm_targets
 from lineage.modeling import build_config
-from lineage.tokenizer import TokenizerInfo
 
 INFO = TokenizerInfo(vocab_size=300, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 

@@ -104,7 +104,7 @@ def _electra(ws: Workspace) -> None:
     """Register a model of a family growth has no map for (ELECTRA)."""
     from transformers import ElectraConfig, ElectraForMaskedLM
 
-    from lineage.tokenizer import load_tokenizer
+    from lineage.corpora.tokenizer import load_tokenizer
 
     tok = load_tokenizer(Path(ws.registry.model("teacher-lit").path))
     config = ElectraConfig(

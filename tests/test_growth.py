@@ -19,7 +19,7 @@ from transformers import (
     RobertaConfig,
 )
 
-from lineage.data import causal_targets, mlm_mask
+from lineage.corpora.batches import causal_targets, mlm_mask
 from lineage.errors import LineageError
 from lineage.growth import (
     GrowthRecord,

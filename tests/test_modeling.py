@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+from lineage.corpora.tokenizer import load_tokenizer, train_tokenizer
 from lineage.errors import LineageError
 from lineage.modeling import (
     FAMILIES,
@@ -21,7 +22,6 @@ from lineage.modeling import (
     load_model,
 )
 from lineage.registry.modelinfo import read_model_info
-from lineage.tokenizer import load_tokenizer, train_tokenizer
 
 VOCABULARY = "alpha beta gamma delta protein cell graph kernel the of and model data"
 WORDS = VOCABULARY.split()

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lineage.cli import app
-from lineage.domains import bundled_domains_dir, read_documents
+from lineage.corpora.domains import bundled_domains_dir, read_documents
+from lineage.corpora.profiles import profile_texts
 from lineage.errors import LineageError, NotFoundError
 from lineage.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
-from lineage.profiles import profile_texts
 from lineage.registry.modelinfo import ModelInfo
 from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.workspace import Workspace

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lineage.profiles import (
+from lineage.corpora.profiles import (
     VocabularyProfile,
     iter_documents,
     jaccard,

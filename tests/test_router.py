@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lineage.cli import app
-from lineage.domains import bundled_domains_dir, read_documents
+from lineage.corpora.domains import bundled_domains_dir, read_documents
+from lineage.corpora.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
 from lineage.errors import LineageError
 from lineage.evaluation import PerplexityMeter
-from lineage.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
 from lineage.registry.modelinfo import ModelInfo
 from lineage.router import (
     CandidateInfo,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from lineage.corpora.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
 from lineage.errors import LineageError
 from lineage.registry.modelinfo import tokenizer_fingerprint
-from lineage.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
 
 VOCABULARY = "alpha beta gamma delta protein cell graph kernel the of and model data über"
 WORDS = VOCABULARY.split()

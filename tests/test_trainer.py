@@ -16,10 +16,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
-from lineage.data import Batch, BlockShard, MixtureSampler
+from lineage.corpora.batches import Batch, BlockShard, MixtureSampler
+from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.modeling import build_config, load_model
-from lineage.tokenizer import TokenizerInfo
 from lineage.tracking import NullTracker
 from lineage.trainer import (
     AutoSample,

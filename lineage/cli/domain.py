@@ -9,7 +9,12 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.domains import add_domain, bundled_domains, bundled_domains_dir, compute_proximity
+from lineage.corpora.domains import (
+    add_domain,
+    bundled_domains,
+    bundled_domains_dir,
+    compute_proximity,
+)
 from lineage.errors import LineageError
 
 app = make_app("Domains: named bodies of text, their shards, profiles and proximity.")

@@ -21,15 +21,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from lineage.errors import ConflictError, LineageError
-from lineage.files import atomic_dir, atomic_write_text
-from lineage.profiles import (
+from lineage.corpora.profiles import (
     MEASURES,
     ProfileCounter,
     VocabularyProfile,
     iter_documents,
     proximity_matrix,
 )
+from lineage.errors import ConflictError, LineageError
+from lineage.files import atomic_dir, atomic_write_text
 from lineage.registry.entities import Domain
 from lineage.workspace import Workspace
 
@@ -40,7 +40,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def bundled_domains_dir() -> Path:
     """The corpora shipped in the repository (``domains/`` beside the package)."""
-    return Path(__file__).resolve().parents[1] / "domains"
+    return Path(__file__).resolve().parents[2] / "domains"
 
 
 def bundled_domains() -> list[str]:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lineage.data import load_blocks, tokenize_to_blocks
-from lineage.domains import shard_documents
+from lineage.corpora.batches import load_blocks, tokenize_to_blocks
+from lineage.corpora.domains import shard_documents
+from lineage.corpora.tokenizer import load_tokenizer
 from lineage.errors import LineageError
 from lineage.registry.entities import Shard
 from lineage.registry.modelinfo import tokenizer_fingerprint
-from lineage.tokenizer import load_tokenizer
 from lineage.workspace import Workspace
 
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from lineage.errors import LineageError
 from lineage.files import sha256_file
 
-if TYPE_CHECKING:  # keeps `import lineage.data` free of transformers
-    from lineage.tokenizer import TokenizerInfo
+if TYPE_CHECKING:  # keeps `import lineage.corpora.batches` free of transformers
+    from lineage.corpora.tokenizer import TokenizerInfo
 
 
 @dataclass
@@ -243,7 +243,7 @@ def load_blocks(path: Path) -> np.ndarray:
 class BlockShard:
     """A shard of plain token blocks: MLM batches are masked dynamically, causal ones shifted.
 
-    ``tokenizer`` is a :class:`lineage.tokenizer.TokenizerInfo` (mask id, vocabulary size and
+    ``tokenizer`` is a :class:`lineage.corpora.tokenizer.TokenizerInfo` (mask id, vocabulary size and
     special ids). ``teacher`` names an online teacher for this shard (no cache), or None.
     """
 
