@@ -31,7 +31,7 @@ from lineage.adapters import LoraSpec, adapter_bytes
 from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.corpora.profiles import iter_documents
 from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
-from lineage.modeling import ModelShape
+from lineage.models.modeling import ModelShape
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, run_training
 from lineage.workspace import Workspace
@@ -105,8 +105,8 @@ def topk_mass(
     """Mean share of the model's probability mass in its top-k at masked valid targets."""
     from lineage.corpora.blocks import valid_blocks
     from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
-    from lineage.evaluation import fixed_mlm_targets
-    from lineage.modeling import load_model
+    from lineage.models.evaluation import fixed_mlm_targets
+    from lineage.models.modeling import load_model
 
     path = Path(ws.registry.model(model).path)
     lm, info = load_model(path).eval(), TokenizerInfo.of(load_tokenizer(path))

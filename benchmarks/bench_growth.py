@@ -45,7 +45,7 @@ from lineage.lifecycle import (
     grow_workspace_model,
     train_workspace_tokenizer,
 )
-from lineage.modeling import ModelShape, load_model
+from lineage.models.modeling import ModelShape, load_model
 from lineage.plots import curves
 from lineage.registry.entities import Model
 from lineage.schedules import InheritanceSchedule, guided_steps_for

@@ -37,7 +37,7 @@ from transformers.utils import logging as hf_logging
 from lineage.cache import CacheMeta, build_cache, open_cache
 from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
 from lineage.corpora.tokenizer import TokenizerInfo
-from lineage.modeling import PRESETS, ModelShape, build_config
+from lineage.models.modeling import PRESETS, ModelShape, build_config
 from lineage.schedules import InheritanceSchedule
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train

@@ -33,8 +33,8 @@ from lineage.corpora.batches import load_blocks, tokenize_to_blocks
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import VocabularyProfile, profile_texts, shared_terms
 from lineage.corpora.tokenizer import load_tokenizer, train_tokenizer
-from lineage.evaluation import PerplexityMeter
-from lineage.modeling import create_model, load_model
+from lineage.models.evaluation import PerplexityMeter
+from lineage.models.modeling import create_model, load_model
 from lineage.router import CandidateInfo, Router
 from lineage.router_quality import evaluate_router
 

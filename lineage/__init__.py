@@ -62,11 +62,14 @@ _MOVED = {
     "lineage.db": "lineage.registry.db",
     "lineage.domains": "lineage.corpora.domains",
     "lineage.entities": "lineage.registry.entities",
+    "lineage.evaluation": "lineage.models.evaluation",
     "lineage.graph": "lineage.registry.graph",
     "lineage.modelcard": "lineage.registry.modelcard",
+    "lineage.modeling": "lineage.models.modeling",
     "lineage.modelinfo": "lineage.registry.modelinfo",
     "lineage.profiles": "lineage.corpora.profiles",
     "lineage.schema": "lineage.registry.schema",
+    "lineage.shapes": "lineage.models.shapes",
     "lineage.tokenizer": "lineage.corpora.tokenizer",
 }
 

@@ -222,7 +222,7 @@ def load_for_inference(
     """(LM in eval mode, tokenizer) of a registered model; an adapter is loaded onto its base
     with ``PeftModel.from_pretrained`` and, with ``merge``, folded into the weights."""
     from lineage.corpora.tokenizer import load_tokenizer
-    from lineage.modeling import load_model
+    from lineage.models.modeling import load_model
 
     reg = ws.registry
     entry = reg.model(model) if isinstance(model, str) else model

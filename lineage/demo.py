@@ -36,8 +36,8 @@ from lineage.lifecycle import (
     grow_workspace_model,
     train_workspace_tokenizer,
 )
+from lineage.models.shapes import ModelShape
 from lineage.plans import create_plan
-from lineage.shapes import ModelShape
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace

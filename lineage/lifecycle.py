@@ -25,13 +25,13 @@ from lineage.corpora.tokenizer import (
     train_tokenizer,
 )
 from lineage.errors import ConflictError, LineageError
-from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
 from lineage.jobs import job_tracker, recorded, remove_unregistered
-from lineage.modeling import ModelShape, create_model, load_model, resolve_shape
+from lineage.models.evaluation import EvalResult, evaluate
+from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Evaluation, Model, Tokenizer
 from lineage.registry.modelinfo import read_model_info
-from lineage.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.workspace import Workspace
 
 GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights

@@ -441,7 +441,7 @@ class Router:
         stud = candidate_info(reg, student, domains) if student else None
         measurer = None
         if measure:
-            from lineage.evaluation import PerplexityMeter  # torch loads only when measuring
+            from lineage.models.evaluation import PerplexityMeter  # torch loads only when measuring
 
             measurer = PerplexityMeter()
         return cls(

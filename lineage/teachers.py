@@ -14,7 +14,7 @@ from lineage.corpora.blocks import ShardBlocks, domain_blocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import LineageError
 from lineage.jobs import job_tracker, recorded
-from lineage.modeling import load_model
+from lineage.models.modeling import load_model
 from lineage.registry.entities import Cache, Model
 from lineage.workspace import Workspace
 

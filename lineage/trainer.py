@@ -44,11 +44,11 @@ from lineage.checkpoints import (
 from lineage.corpora.batches import IGNORE_INDEX, Batch
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.evaluation import EvalResult, evaluate
 from lineage.growth import submodel_layers, trainable_layer_range, truncate_depth
 from lineage.growth_maps import family_of
 from lineage.losses import KILoss, ki_loss
-from lineage.modeling import TargetLogits, check_vocab, embedding_rows
+from lineage.models.evaluation import EvalResult, evaluate
+from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows
 from lineage.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)

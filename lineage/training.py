@@ -22,10 +22,10 @@ from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
 from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import ConflictError, LineageError
-from lineage.evaluation import evaluate
 from lineage.jobs import recorded, remove_unregistered
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.modeling import load_model
+from lineage.models.evaluation import evaluate
+from lineage.models.modeling import load_model
 from lineage.plans import load_plan
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, read_model_info

@@ -109,7 +109,7 @@ def family_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     literature, and a random 'small'-shape student. Tests copy it (``family_ws``)."""
     from lineage.corpora.domains import add_domain
     from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
-    from lineage.modeling import ModelShape
+    from lineage.models.modeling import ModelShape
     from lineage.trainer import TrainConfig
     from lineage.training import TrainJob, run_training
 

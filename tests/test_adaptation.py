@@ -101,7 +101,7 @@ def test_replay_with_self_ki_is_taught_by_the_base_on_its_sources(family_ws: Wor
 def test_lora_adapter_per_domain_loads_with_peft(family_ws: Workspace) -> None:
     from peft import PeftModel
 
-    from lineage.modeling import load_model
+    from lineage.models.modeling import load_model
 
     lora = LoraSpec(rank=2, alpha=4)
     job = adapt_job(strategy="sl", domains=("cs", "bio"), lora=lora, output="lit-lora")

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedM
 
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.evaluation import evaluate, fixed_mlm_targets
-from lineage.modeling import build_config
+from lineage.models.evaluation import evaluate, fixed_mlm_targets
+from lineage.models.modeling import build_config
 
 INFO = TokenizerInfo(vocab_size=300, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 

@@ -15,7 +15,7 @@ from lineage.cli import app
 from lineage.errors import LineageError
 from lineage.growth import GrowthRecord
 from lineage.lifecycle import GROWTH_FILE, grow_workspace_model
-from lineage.modeling import load_model
+from lineage.models.modeling import load_model
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, run_training
 from lineage.workspace import Workspace

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from lineage.corpora.tokenizer import load_tokenizer, train_tokenizer
 from lineage.errors import LineageError
-from lineage.modeling import (
+from lineage.models.modeling import (
     FAMILIES,
     PRESETS,
     ModelShape,

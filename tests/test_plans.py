@@ -266,7 +266,7 @@ def test_cli_plan(ws: Workspace, tmp_path: Path) -> None:
 
 def test_auto_teachers_leave_out_adapters_and_other_objectives(family_ws) -> None:  # type: ignore[no-untyped-def]
     from lineage.lifecycle import create_workspace_model
-    from lineage.modeling import ModelShape
+    from lineage.models.modeling import ModelShape
     from lineage.plans import compatible_teachers
 
     reg = family_ws.registry

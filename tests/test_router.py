@@ -17,7 +17,7 @@ from lineage.cli import app
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
 from lineage.errors import LineageError
-from lineage.evaluation import PerplexityMeter
+from lineage.models.evaluation import PerplexityMeter
 from lineage.registry.modelinfo import ModelInfo
 from lineage.router import (
     CandidateInfo,

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedM
 from lineage.corpora.batches import Batch, BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.modeling import build_config, load_model
+from lineage.models.modeling import build_config, load_model
 from lineage.tracking import NullTracker
 from lineage.trainer import (
     AutoSample,

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from lineage.errors import ConflictError, LineageError
 from lineage.lifecycle import create_workspace_model
-from lineage.modeling import ModelShape
+from lineage.models.modeling import ModelShape
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, run_training, source_domains
 from lineage.workspace import Workspace

@@ -9,7 +9,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.shapes import DEFAULT_BLOCK_SIZE
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
 app = make_app("Teacher logit caches: top-K predictions computed once per teacher and shard.")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
-from lineage.shapes import DEFAULT_BLOCK_SIZE
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
 METHODS = ("fpi", "aki", "copy")  # lineage.growth.GrowthMethod, spelled here to keep --help fast
 

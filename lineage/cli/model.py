@@ -9,7 +9,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.shapes import DEFAULT_BLOCK_SIZE, FAMILIES, PRESETS, ModelShape
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE, FAMILIES, PRESETS, ModelShape
 
 app = make_app("Models: Hugging Face checkpoints in the registry.")
 

@@ -22,7 +22,7 @@ from lineage.cli.common import (
     table,
     workspace,
 )
-from lineage.shapes import DEFAULT_BLOCK_SIZE
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
 
 def train(

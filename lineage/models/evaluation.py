@@ -30,7 +30,7 @@ from lineage.corpora.batches import (
 )
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import LineageError
-from lineage.modeling import TargetLogits, check_vocab, load_model
+from lineage.models.modeling import TargetLogits, check_vocab, load_model
 
 if TYPE_CHECKING:
     from lineage.router import CandidateInfo
@@ -139,7 +139,7 @@ def evaluate(
 class PerplexityMeter:
     """``measure=True``: a model's perplexity on a sample of a shard's documents.
 
-    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.evaluation.evaluate`` (fixed MLM
+    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.models.evaluation.evaluate`` (fixed MLM
     masks, so models compare on the same targets); models stay loaded between shards. Returns
     None when the sample is shorter than one block. Perplexities compare only between models
     that share a tokenizer and an objective, which plans enforce.

@@ -27,13 +27,13 @@ from transformers import (
 from lineage.corpora.tokenizer import load_tokenizer
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
-from lineage.registry.modelinfo import read_model_info
 
-# Shapes and families are plain data (lineage.shapes); re-exported for callers of this module.
-from lineage.shapes import FAMILIES as FAMILIES
-from lineage.shapes import PRESETS as PRESETS
-from lineage.shapes import ModelShape as ModelShape
-from lineage.shapes import objective_of_family, resolve_shape
+# Shapes and families are plain data (lineage.models.shapes); re-exported for callers of this module.
+from lineage.models.shapes import FAMILIES as FAMILIES
+from lineage.models.shapes import PRESETS as PRESETS
+from lineage.models.shapes import ModelShape as ModelShape
+from lineage.models.shapes import objective_of_family, resolve_shape
+from lineage.registry.modelinfo import read_model_info
 
 
 def build_config(
