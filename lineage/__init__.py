@@ -68,6 +68,7 @@ _MOVED = {
     "lineage.modeling": "lineage.models.modeling",
     "lineage.modelinfo": "lineage.registry.modelinfo",
     "lineage.profiles": "lineage.corpora.profiles",
+    "lineage.router": "lineage.routing.router",
     "lineage.schema": "lineage.registry.schema",
     "lineage.shapes": "lineage.models.shapes",
     "lineage.tokenizer": "lineage.corpora.tokenizer",
