@@ -33,10 +33,10 @@ from lineage.corpora.batches import load_blocks, tokenize_to_blocks
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import VocabularyProfile, profile_texts, shared_terms
 from lineage.corpora.tokenizer import load_tokenizer, train_tokenizer
-from lineage.models.evaluation import PerplexityMeter
 from lineage.models.modeling import create_model, load_model
-from lineage.router import CandidateInfo, Router
-from lineage.router_quality import evaluate_router
+from lineage.routing.perplexity import PerplexityMeter
+from lineage.routing.quality import evaluate_router
+from lineage.routing.router import CandidateInfo, Router
 
 NAMES = ("literature", "cs", "bio")
 SLICE = 20

@@ -33,7 +33,7 @@ _EXPORTS = {
     "inheritance_rate": "lineage.schedules",
     "InheritanceSchedule": "lineage.schedules",
     "AutoInheritance": "lineage.schedules",
-    "Router": "lineage.router",
+    "Router": "lineage.routing.router",
     "TrainJob": "lineage.training",
     "run_training": "lineage.training",
     "TrainConfig": "lineage.trainer",
@@ -67,8 +67,10 @@ _MOVED = {
     "lineage.modelcard": "lineage.registry.modelcard",
     "lineage.modeling": "lineage.models.modeling",
     "lineage.modelinfo": "lineage.registry.modelinfo",
+    "lineage.plans": "lineage.inherit.plans",
     "lineage.profiles": "lineage.corpora.profiles",
     "lineage.router": "lineage.routing.router",
+    "lineage.router_quality": "lineage.routing.quality",
     "lineage.schema": "lineage.registry.schema",
     "lineage.shapes": "lineage.models.shapes",
     "lineage.tokenizer": "lineage.corpora.tokenizer",
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
     from lineage.errors import LineageError
     from lineage.growth import grow_model
     from lineage.losses import KILoss, ki_loss
-    from lineage.router import Router
+    from lineage.routing.router import Router
     from lineage.schedules import AutoInheritance, InheritanceSchedule, inheritance_rate
     from lineage.trainer import TrainConfig
     from lineage.training import TrainJob, run_training

@@ -2,7 +2,7 @@
 
 ``adapt`` turns one request into training jobs: full fine-tuning (one job over all target
 domains) or one LoRA adapter per domain; for KI the router picks a teacher per target shard
-(``lineage.plans.create_plan``) unless a stored plan is given. Against forgetting (App. A.5:
+(``lineage.inherit.plans.create_plan``) unless a stored plan is given. Against forgetting (App. A.5:
 "largely mitigated by reviewing"), a share R of the batches can replay the model's source
 domains, and with self-KI those replay batches are taught by the model's own pre-adaptation
 predictions, so source knowledge is inherited, not only re-learned. After each run the
@@ -27,8 +27,8 @@ from lineage.forgetting import (
     domain_forgetting,
     forgetting_metrics,
 )
+from lineage.inherit.plans import compatible_teachers, create_plan, load_plan
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
-from lineage.plans import compatible_teachers, create_plan, load_plan
 from lineage.registry.entities import Model
 from lineage.schedules import SCHEDULE_KINDS
 from lineage.teachers import TEACHER_MODES

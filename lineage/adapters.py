@@ -26,7 +26,7 @@ from lineage.corpora.batches import IGNORE_INDEX, causal_targets
 from lineage.errors import LineageError
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, count_parameters, read_model_info
-from lineage.router import Router
+from lineage.routing.router import Router
 
 if TYPE_CHECKING:
     from lineage.registry.store import Registry

@@ -31,13 +31,13 @@ from lineage.corpora.domains import (
 )
 from lineage.errors import LineageError
 from lineage.forgetting import forgetting_report
+from lineage.inherit.plans import create_plan
 from lineage.lifecycle import (
     create_workspace_model,
     grow_workspace_model,
     train_workspace_tokenizer,
 )
 from lineage.models.shapes import ModelShape
-from lineage.plans import create_plan
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace

@@ -30,7 +30,7 @@ from lineage.adapters import (
 )
 from lineage.corpora.domains import domain_texts
 from lineage.errors import LineageError
-from lineage.router import Router
+from lineage.routing.router import Router
 from lineage.trainer import TrainConfig
 from lineage.workspace import Workspace
 

@@ -14,7 +14,7 @@ from lineage.cli import app
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import profile_texts
 from lineage.errors import LineageError, NotFoundError
-from lineage.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
+from lineage.inherit.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
 from lineage.registry.modelinfo import ModelInfo
 from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.workspace import Workspace
@@ -265,9 +265,9 @@ def test_cli_plan(ws: Workspace, tmp_path: Path) -> None:
 
 
 def test_auto_teachers_leave_out_adapters_and_other_objectives(family_ws) -> None:  # type: ignore[no-untyped-def]
+    from lineage.inherit.plans import compatible_teachers
     from lineage.lifecycle import create_workspace_model
     from lineage.models.modeling import ModelShape
-    from lineage.plans import compatible_teachers
 
     reg = family_ws.registry
     create_workspace_model(

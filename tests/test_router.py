@@ -17,16 +17,16 @@ from lineage.cli import app
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import VocabularyProfile, overlap, profile_texts, shared_terms
 from lineage.errors import LineageError
-from lineage.models.evaluation import PerplexityMeter
 from lineage.registry.modelinfo import ModelInfo
-from lineage.router import (
+from lineage.routing.perplexity import PerplexityMeter
+from lineage.routing.quality import evaluate_router
+from lineage.routing.router import (
     CandidateInfo,
     DomainIndex,
     Router,
     RouterWeights,
     score_candidates,
 )
-from lineage.router_quality import evaluate_router
 from lineage.workspace import Workspace
 
 DOMAINS = ("literature", "cs", "bio")

@@ -9,7 +9,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.errors import LineageError
-from lineage.router import Router
+from lineage.routing.router import Router
 
 
 def route(

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,16 +21,11 @@ from transformers import PreTrainedModel
 from lineage.corpora.batches import (
     IGNORE_INDEX,
     causal_targets,
-    load_blocks,
     mlm_mask,
-    tokenize_to_blocks,
 )
-from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
+from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.models.modeling import TargetLogits, check_vocab, load_model
-
-if TYPE_CHECKING:
-    from lineage.router import CandidateInfo
+from lineage.models.modeling import TargetLogits, check_vocab
 
 
 @dataclass(frozen=True)
@@ -134,53 +126,3 @@ def evaluate(
         raise LineageError("the evaluation blocks hold no prediction targets")
     mean = total / count
     return EvalResult(loss=mean, ppl=math.exp(mean), n_tokens=count)
-
-
-class PerplexityMeter:
-    """``measure=True``: a model's perplexity on a sample of a shard's documents.
-
-    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.models.evaluation.evaluate`` (fixed MLM
-    masks, so models compare on the same targets); models stay loaded between shards. Returns
-    None when the sample is shorter than one block. Perplexities compare only between models
-    that share a tokenizer and an objective, which plans enforce.
-    """
-
-    def __init__(
-        self,
-        *,
-        block_size: int = 128,
-        max_blocks: int = 16,
-        batch_size: int = 8,
-        device: str | None = None,
-    ) -> None:
-        self.block_size, self.max_blocks = block_size, max_blocks
-        self.batch_size, self.device = batch_size, device
-        self._loaded: dict[str, tuple[Any, Any]] = {}
-
-    def _load(self, model: CandidateInfo) -> tuple[Any, Any]:
-        if model.name not in self._loaded:
-            path = Path(model.path)
-            self._loaded[model.name] = (load_model(path, device=self.device), load_tokenizer(path))
-        return self._loaded[model.name]
-
-    def __call__(self, model: CandidateInfo, docs: Sequence[str]) -> float | None:
-        lm, tok = self._load(model)
-        config = lm.config
-        positions = getattr(config, "max_position_embeddings", None) or config.n_positions
-        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-            positions -= 2  # RoBERTa's position ids start after the padding index
-        with tempfile.TemporaryDirectory() as tmp:
-            info = tokenize_to_blocks(
-                docs, tok, min(self.block_size, positions), Path(tmp) / "sample.npy"
-            )
-            if info.blocks == 0:
-                return None
-            blocks = np.array(load_blocks(info.path)[: self.max_blocks])  # out of the mmap
-        result = evaluate(
-            lm,
-            blocks,
-            objective=model.objective,
-            batch_size=self.batch_size,
-            tokenizer=TokenizerInfo.of(tok),
-        )
-        return result.ppl

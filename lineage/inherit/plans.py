@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineage.errors import LineageError
 from lineage.registry.entities import Model, Plan, Shard
-from lineage.router import Assignment, Router, RouterWeights
+from lineage.routing.router import Assignment, Router, RouterWeights
 from lineage.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lineage.router import Assignment, Router
+from lineage.routing.router import Assignment, Router
 
 
 @dataclass(frozen=True)
