@@ -58,6 +58,7 @@ __all__ = [
 _MOVED = {
     "lineage.ancestry": "lineage.registry.ancestry",
     "lineage.blocks": "lineage.corpora.blocks",
+    "lineage.cache": "lineage.inherit.cache",
     "lineage.data": "lineage.corpora.batches",
     "lineage.db": "lineage.registry.db",
     "lineage.domains": "lineage.corpora.domains",
