@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForMaskedLM
 
-from lineage.cache import CacheMeta, build_cache, weights_digest
+from lineage.inherit.cache import CacheMeta
+from lineage.inherit.cache_build import build_cache, weights_digest
 
 META = CacheMeta(teacher_name="bench-teacher", tokenizer_fingerprint="bench")
 MASK_ID, SPECIAL = 4, (0, 1, 2, 3)

@@ -40,6 +40,7 @@ from lineage.corpora.batches import BlockShard, MixtureSampler
 from lineage.corpora.blocks import shard_blocks, valid_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
+from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.lifecycle import (
     create_workspace_model,
     grow_workspace_model,
@@ -48,7 +49,6 @@ from lineage.lifecycle import (
 from lineage.models.modeling import ModelShape, load_model
 from lineage.plots import curves
 from lineage.registry.entities import Model
-from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train
 from lineage.workspace import Workspace

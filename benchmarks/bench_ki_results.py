@@ -49,10 +49,9 @@ from lineage import plots
 from lineage.compare import curve, saving, steps_to_reach
 from lineage.corpora.blocks import domain_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
-from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
+from lineage.inherit.schedules import guided_steps_for
+from lineage.lifecycle import build_caches, create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import PRESETS
-from lineage.schedules import guided_steps_for
-from lineage.teachers import build_caches
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace

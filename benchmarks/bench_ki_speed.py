@@ -34,11 +34,12 @@ import torch
 from transformers import AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from lineage.cache import CacheMeta, build_cache, open_cache
 from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
 from lineage.corpora.tokenizer import TokenizerInfo
+from lineage.inherit.cache import CacheMeta, open_cache
+from lineage.inherit.cache_build import build_cache
+from lineage.inherit.schedules import InheritanceSchedule
 from lineage.models.modeling import PRESETS, ModelShape, build_config
-from lineage.schedules import InheritanceSchedule
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train
 

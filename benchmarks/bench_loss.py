@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lineage.losses import ki_loss
+from lineage.inherit.losses import ki_loss
 
 VARIANTS = ("ce", "ki_topk", "ki_full", "naive_full")
 

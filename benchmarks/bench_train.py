@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedM
 
 from lineage.corpora.batches import BlockShard, MixtureSampler, mlm_mask
 from lineage.corpora.tokenizer import TokenizerInfo
-from lineage.losses import ki_loss
+from lineage.inherit.losses import ki_loss
 from lineage.models.modeling import TargetLogits, build_config
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, train

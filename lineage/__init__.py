@@ -28,11 +28,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Workspace": "lineage.workspace",
     "LineageError": "lineage.errors",
-    "ki_loss": "lineage.losses",
-    "KILoss": "lineage.losses",
-    "inheritance_rate": "lineage.schedules",
-    "InheritanceSchedule": "lineage.schedules",
-    "AutoInheritance": "lineage.schedules",
+    "ki_loss": "lineage.inherit.losses",
+    "KILoss": "lineage.inherit.losses",
+    "inheritance_rate": "lineage.inherit.schedules",
+    "InheritanceSchedule": "lineage.inherit.schedules",
+    "AutoInheritance": "lineage.inherit.schedules",
     "Router": "lineage.routing.router",
     "TrainJob": "lineage.training",
     "run_training": "lineage.training",
@@ -65,6 +65,7 @@ _MOVED = {
     "lineage.entities": "lineage.registry.entities",
     "lineage.evaluation": "lineage.models.evaluation",
     "lineage.graph": "lineage.registry.graph",
+    "lineage.losses": "lineage.inherit.losses",
     "lineage.modelcard": "lineage.registry.modelcard",
     "lineage.modeling": "lineage.models.modeling",
     "lineage.modelinfo": "lineage.registry.modelinfo",
@@ -72,17 +73,19 @@ _MOVED = {
     "lineage.profiles": "lineage.corpora.profiles",
     "lineage.router": "lineage.routing.router",
     "lineage.router_quality": "lineage.routing.quality",
+    "lineage.schedules": "lineage.inherit.schedules",
     "lineage.schema": "lineage.registry.schema",
     "lineage.shapes": "lineage.models.shapes",
+    "lineage.teachers": "lineage.inherit.teachers",
     "lineage.tokenizer": "lineage.corpora.tokenizer",
 }
 
 if TYPE_CHECKING:
     from lineage.errors import LineageError
     from lineage.growth import grow_model
-    from lineage.losses import KILoss, ki_loss
+    from lineage.inherit.losses import KILoss, ki_loss
+    from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule, inheritance_rate
     from lineage.routing.router import Router
-    from lineage.schedules import AutoInheritance, InheritanceSchedule, inheritance_rate
     from lineage.trainer import TrainConfig
     from lineage.training import TrainJob, run_training
     from lineage.workspace import Workspace

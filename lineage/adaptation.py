@@ -28,10 +28,10 @@ from lineage.forgetting import (
     forgetting_metrics,
 )
 from lineage.inherit.plans import compatible_teachers, create_plan, load_plan
+from lineage.inherit.schedules import SCHEDULE_KINDS
+from lineage.inherit.teachers import TEACHER_MODES
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
-from lineage.schedules import SCHEDULE_KINDS
-from lineage.teachers import TEACHER_MODES
 from lineage.trainer import TrainConfig
 from lineage.training import STRATEGIES, TrainJob, TrainOutcome, run_training, source_domains
 from lineage.workspace import Workspace

@@ -1,7 +1,9 @@
-"""A model's life in a workspace: tokenizers and models made, registered and evaluated.
+"""A model's life in a workspace: tokenizers and models made, registered and evaluated; models
+grown; teachers' logit caches built (``lineage cache build``).
 
 Each function takes the workspace, does the work with the pure/engine modules, and records
-the result in the registry (and MLflow where it is a run).
+the result in the registry (and MLflow where it is a run). The top of the layout: it may use
+every stage below.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from lineage.checkpoints import atomic_dir
-from lineage.corpora.blocks import valid_blocks
+from lineage.corpora.blocks import domain_blocks, valid_blocks
 from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
     TokenizerInfo,
@@ -26,11 +28,12 @@ from lineage.corpora.tokenizer import (
 )
 from lineage.errors import ConflictError, LineageError
 from lineage.growth import GrowthMethod, GrowthRecord, grow_model
+from lineage.inherit.teachers import ensure_cache
 from lineage.jobs import job_tracker, recorded, remove_unregistered
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
-from lineage.registry.entities import Evaluation, Model, Tokenizer
+from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
 from lineage.registry.modelinfo import read_model_info
 from lineage.workspace import Workspace
 
@@ -315,3 +318,37 @@ def _grow(
             )
     ws.write_model_card(new)
     return model, GrowthReport(src.name, new, record, domain, scores[0], scores[1])
+
+
+def build_caches(
+    ws: Workspace,
+    teacher_name: str,
+    domains: Sequence[str],
+    *,
+    top_k: int = 10,
+    block_size: int,
+    progress: bool = True,
+) -> list[Cache]:
+    """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
+    one job (an MLflow run and a registry run, FAILED with the error if anything raises)."""
+    import torch
+    from accelerate import PartialState
+
+    reg = ws.registry
+    teacher = reg.model(teacher_name)
+    for domain in domains:
+        reg.domain(domain)
+    params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}
+    params["block_size"] = block_size
+    main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
+    tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
+    with recorded(reg, "cache", tracker, config=params, main=main):
+        tracker.log_params(params)
+        lm = load_model(Path(teacher.path))
+        for domain in domains:
+            for blocks in domain_blocks(ws, domain, "train", Path(teacher.path), block_size):
+                ensure_cache(ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress)
+        caches = [c for c in reg.caches(teacher_name) if c.domain in set(domains)]
+        tracker.log_metrics({"caches": len(caches)}, step=0)
+    return caches

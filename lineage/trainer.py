@@ -1,7 +1,7 @@
 """The training loop: self-learning and Knowledge Inheritance through one loss path.
 
 Every step computes the student's logits at the target positions only and calls
-``lineage.losses.ki_loss`` with the batch's inheritance rate α (0, and no teacher, for
+``lineage.inherit.losses.ki_loss`` with the batch's inheritance rate α (0, and no teacher, for
 self-learning or when the teacher's schedule has ended). The teacher signal is the batch's
 cached top-K logits or, for an online teacher, a no-grad forward on the same inputs.
 
@@ -46,7 +46,7 @@ from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.growth import submodel_layers, trainable_layer_range, truncate_depth
 from lineage.growth_maps import family_of
-from lineage.losses import KILoss, ki_loss
+from lineage.inherit.losses import KILoss, ki_loss
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows
 from lineage.tracking import NullTracker, Tracker
@@ -105,7 +105,7 @@ class TrainConfig:
 
 
 class RateSchedule(Protocol):
-    """An inheritance-rate schedule (lineage.schedules); AutoInheritance also has ``observe``."""
+    """An inheritance-rate schedule (lineage.inherit.schedules); AutoInheritance also has ``observe``."""
 
     def rate(self, step: int) -> float: ...
 

@@ -23,14 +23,14 @@ from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import ConflictError, LineageError
 from lineage.inherit.plans import load_plan
+from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
+from lineage.inherit.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
 from lineage.jobs import recorded, remove_unregistered
 from lineage.lifecycle import DEFAULT_BLOCK_SIZE
 from lineage.models.evaluation import evaluate
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, read_model_info
-from lineage.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
-from lineage.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
 from lineage.tracking import MlflowTracker, NullTracker, Tracker
 from lineage.trainer import AutoSample, TrainConfig, TrainResult, train
 from lineage.workspace import Workspace

@@ -12,20 +12,17 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForMaskedLM
 
-from lineage import cache as cache_mod
-from lineage.cache import (
-    ARRAYS,
-    CacheMeta,
-    MaskSpec,
+from lineage.corpora.batches import IGNORE_INDEX, causal_targets
+from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.inherit import cache_build as cache_mod
+from lineage.inherit.cache import ARRAYS, CacheMeta, MaskSpec, open_cache
+from lineage.inherit.cache_build import (
     block_targets,
     blocks_digest,
     build_cache,
     index_dtype,
-    open_cache,
     weights_digest,
 )
-from lineage.corpora.batches import IGNORE_INDEX, causal_targets
-from lineage.errors import ConflictError, LineageError, NotFoundError
 
 V, T, N_BLOCKS = 300, 16, 10
 MASK_ID, SPECIAL = 4, (0, 1, 2, 3)

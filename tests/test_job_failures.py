@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import lineage.inherit.teachers as teachers
 import lineage.lifecycle as lifecycle
-import lineage.teachers as teachers
 import lineage.training as training
 from lineage.adaptation import AdaptJob, adapt
 from lineage.adapters import LoraSpec
 from lineage.jobs import ERROR_TAG
-from lineage.lifecycle import grow_workspace_model
+from lineage.lifecycle import build_caches, grow_workspace_model
 from lineage.registry import Registry
-from lineage.teachers import build_caches
 from lineage.trainer import TrainConfig
 from lineage.training import TrainJob, run_training
 from lineage.workspace import Workspace

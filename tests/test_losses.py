@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lineage.losses import ki_loss
+from lineage.inherit.losses import ki_loss
 
 V = 37
 

@@ -7,7 +7,7 @@ import lineage
 def test_public_names_resolve() -> None:
     for name in lineage.__all__:
         assert getattr(lineage, name) is not None
-    assert lineage.ki_loss.__module__ == "lineage.losses"
+    assert lineage.ki_loss.__module__ == "lineage.inherit.losses"
 
 
 def test_import_is_light_and_cli_runs_as_a_module() -> None:

@@ -15,8 +15,8 @@ from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import profile_texts
 from lineage.errors import LineageError, NotFoundError
 from lineage.inherit.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
+from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.registry.modelinfo import ModelInfo
-from lineage.schedules import InheritanceSchedule, guided_steps_for
 from lineage.workspace import Workspace
 
 DOMAINS = ("literature", "cs", "bio")

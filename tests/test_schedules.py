@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lineage.schedules import (
+from lineage.inherit.schedules import (
     AutoInheritance,
     InheritanceSchedule,
     guided_steps_for,

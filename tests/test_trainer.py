@@ -88,7 +88,7 @@ def run(model: PreTrainedModel, tmp: Path, objective: str, **kw: Any) -> tuple[A
 
 
 class Constant:
-    """A fixed inheritance rate (lineage.schedules is exercised in its own tests)."""
+    """A fixed inheritance rate (lineage.inherit.schedules is exercised in its own tests)."""
 
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
@@ -383,7 +383,7 @@ def test_kill_9_then_resume_reaches_the_same_weights(tmp_path: Path) -> None:
 
 
 def test_real_auto_inheritance_anneals_once_the_student_is_ahead(tmp_path: Path) -> None:
-    from lineage.schedules import AutoInheritance, InheritanceSchedule
+    from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule
 
     schedule = InheritanceSchedule(kind="auto", total_steps=12, patience=2, anneal_steps=2)
     auto = AutoInheritance(schedule)

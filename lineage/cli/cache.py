@@ -30,7 +30,7 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Run the teacher once over the domains' training blocks and store its top-K logits."""
-    from lineage.teachers import build_caches
+    from lineage.lifecycle import build_caches
 
     caches = build_caches(
         workspace(ctx), teacher, domain, top_k=top_k, block_size=block_size, progress=not as_json
@@ -72,7 +72,7 @@ def list_(
 @app.command()
 def verify(path: Path) -> None:
     """Re-hash every file of a cache against its manifest."""
-    from lineage.cache import open_cache
+    from lineage.inherit.cache import open_cache
 
     cache = open_cache(path, verify=True)
     console.print(

@@ -9,7 +9,7 @@ import typer
 from lineage.cli.common import JsonOption, console, emit_json, parse_params, table, workspace
 from lineage.cli.common import app as make_app
 from lineage.inherit.plans import PlanSpec, create_plan, load_plan
-from lineage.schedules import SCHEDULE_KINDS
+from lineage.inherit.schedules import SCHEDULE_KINDS
 
 app = make_app("Plans: which teacher teaches each shard of a student's training data, and how.")
 

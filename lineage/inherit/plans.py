@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lineage.errors import LineageError
+from lineage.inherit.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 from lineage.registry.entities import Model, Plan, Shard
 from lineage.routing.router import Assignment, Router, RouterWeights
-from lineage.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 
 if TYPE_CHECKING:
     from lineage.registry.store import Registry
@@ -71,7 +71,7 @@ class PlanSpec:
     temperature: float  # τ of the KI term
     top_k: int  # teacher logits kept per position (papers/001 §3.1: K = 10 loses little)
     teachers: str | tuple[str, ...]  # "auto" (every compatible model) or the names offered
-    schedule: str  # kind of every teacher's schedule (lineage.schedules.SCHEDULE_KINDS)
+    schedule: str  # kind of every teacher's schedule (lineage.inherit.schedules.SCHEDULE_KINDS)
     schedule_params: dict[str, Any]  # overrides of the defaults, as given
     shards: tuple[ShardPlan, ...]
     weights: dict[str, float] = field(default_factory=lambda: RouterWeights().to_dict())

@@ -4,18 +4,17 @@ student of the same tokenizer) or the teacher model itself for online mode."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from lineage.cache import CacheMeta, LogitCache, build_cache, open_cache
-from lineage.corpora.blocks import ShardBlocks, domain_blocks
+from lineage.corpora.blocks import ShardBlocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import LineageError
-from lineage.jobs import job_tracker, recorded
+from lineage.inherit.cache import CacheMeta, LogitCache, open_cache
+from lineage.inherit.cache_build import build_cache
 from lineage.models.modeling import load_model
-from lineage.registry.entities import Cache, Model
+from lineage.registry.entities import Model
 from lineage.workspace import Workspace
 
 TEACHER_MODES = ("cached", "online")
@@ -102,37 +101,3 @@ def ensure_cache(
         shutil.rmtree(path, ignore_errors=True)  # an unregistered cache would never be listed
         raise
     return open_cache(path, expect=expect, verify=False)
-
-
-def build_caches(
-    ws: Workspace,
-    teacher_name: str,
-    domains: Sequence[str],
-    *,
-    top_k: int = 10,
-    block_size: int,
-    progress: bool = True,
-) -> list[Cache]:
-    """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
-    one job (an MLflow run and a registry run, FAILED with the error if anything raises)."""
-    import torch
-    from accelerate import PartialState
-
-    reg = ws.registry
-    teacher = reg.model(teacher_name)
-    for domain in domains:
-        reg.domain(domain)
-    params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}
-    params["block_size"] = block_size
-    main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
-    tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
-    tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
-    with recorded(reg, "cache", tracker, config=params, main=main):
-        tracker.log_params(params)
-        lm = load_model(Path(teacher.path))
-        for domain in domains:
-            for blocks in domain_blocks(ws, domain, "train", Path(teacher.path), block_size):
-                ensure_cache(ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress)
-        caches = [c for c in reg.caches(teacher_name) if c.domain in set(domains)]
-        tracker.log_metrics({"caches": len(caches)}, step=0)
-    return caches
