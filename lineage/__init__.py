@@ -65,6 +65,7 @@ _MOVED = {
     "lineage.entities": "lineage.registry.entities",
     "lineage.evaluation": "lineage.models.evaluation",
     "lineage.graph": "lineage.registry.graph",
+    "lineage.growth_maps": "lineage.growth.maps",
     "lineage.losses": "lineage.inherit.losses",
     "lineage.modelcard": "lineage.registry.modelcard",
     "lineage.modeling": "lineage.models.modeling",

@@ -27,7 +27,7 @@ from lineage.corpora.tokenizer import (
     train_tokenizer,
 )
 from lineage.errors import ConflictError, LineageError
-from lineage.growth import GrowthMethod, GrowthRecord, grow_model
+from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model
 from lineage.inherit.teachers import ensure_cache
 from lineage.jobs import job_tracker, recorded, remove_unregistered
 from lineage.models.evaluation import EvalResult, evaluate

@@ -44,8 +44,8 @@ from lineage.checkpoints import (
 from lineage.corpora.batches import IGNORE_INDEX, Batch
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.growth import submodel_layers, trainable_layer_range, truncate_depth
-from lineage.growth_maps import family_of
+from lineage.growth.maps import family_of
+from lineage.growth.twostage import submodel_layers, trainable_layer_range, truncate_depth
 from lineage.inherit.losses import KILoss, ki_loss
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows

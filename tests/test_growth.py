@@ -21,16 +21,8 @@ from transformers import (
 
 from lineage.corpora.batches import causal_targets, mlm_mask
 from lineage.errors import LineageError
-from lineage.growth import (
-    GrowthRecord,
-    grow_model,
-    grow_state_dict,
-    grown_config,
-    submodel_layers,
-    trainable_layer_range,
-    truncate_depth,
-)
-from lineage.growth_maps import (
+from lineage.growth.expand import GrowthRecord, grow_model, grow_state_dict, grown_config
+from lineage.growth.maps import (
     ModelShape,
     build_axis_maps,
     depth_map,
@@ -38,6 +30,7 @@ from lineage.growth_maps import (
     family_of,
     shape_of,
 )
+from lineage.growth.twostage import submodel_layers, trainable_layer_range, truncate_depth
 
 FAMILIES = ("bert", "roberta", "gpt2", "llama_gqa", "llama_tied")
 VOCAB, MASK_ID = 100, 4

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedM
 from lineage.corpora.batches import BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
-from lineage.growth import trainable_layer_range
+from lineage.growth.twostage import trainable_layer_range
 from lineage.models.modeling import ModelShape, build_config
 from lineage.tracking import NullTracker
 from lineage.trainer import TrainConfig, stage_one_frozen, train

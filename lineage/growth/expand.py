@@ -1,6 +1,6 @@
 """bert2BERT growth: initialise a wider, deeper model from a trained one (papers/004 §3.3).
 
-Width (Eq. 5–16): every parameter is expanded by the index maps of `lineage.growth_maps`:
+Width (Eq. 5–16): every parameter is expanded by the index maps of `lineage.growth.maps`:
 - ``fpi``: copy units by the maps and divide in-dimension copies by their count, so the grown
   model computes the source's function (exactly when the maps are balanced, see
   `expansion_map`; LayerNorm statistics make it approximate otherwise);
@@ -8,10 +8,10 @@ Width (Eq. 5–16): every parameter is expanded by the index maps of `lineage.gr
   layer falls back to itself), which breaks FPI's symmetry;
 - ``copy`` (DirectCopy): the source where it fits, the target model's own random init elsewhere.
 Depth (Alg. 1): stack the widened model until the target depth (`depth_map`).
-Alg. 2 helpers: `submodel_layers`, `trainable_layer_range`, `truncate_depth`.
+Alg. 2 helpers (`submodel_layers`, `trainable_layer_range`, `truncate_depth`) are in
+`lineage.growth.twostage`.
 
-All of this is pure over state dicts except `grow_model` (builds a model) and
-`truncate_depth` (temporarily swaps a model's block list).
+All of this is pure over state dicts except `grow_model` (builds a model).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from lineage.errors import LineageError
-from lineage.growth_maps import (
+from lineage.growth.maps import (
     FIXED,
     AxisMap,
     Family,
@@ -352,51 +351,3 @@ def grow_model(
     target.tie_weights()
     target.train(source.training)
     return target, record
-
-
-# ---- Alg. 2: two-stage training ----------------------------------------------------------
-
-
-def submodel_layers(total_layers: int, l_b: int) -> list[int]:
-    """Depths of the Alg. 2 sub-models: l_b, 2·l_b, …, ending at ``total_layers`` itself."""
-    if not 1 <= l_b <= total_layers:
-        raise LineageError(f"l_b must be in 1..{total_layers}, got {l_b}")
-    depths = list(range(l_b, total_layers + 1, l_b))
-    return depths if depths[-1] == total_layers else [*depths, total_layers]
-
-
-def trainable_layer_range(depth: int, l_b: int) -> range:
-    """Layers a sub-model of ``depth`` updates in Alg. 2: its top ``l_b`` (fewer if shallower)."""
-    if depth < 1 or l_b < 1:
-        raise LineageError(f"depth and l_b must be positive, got {depth}, {l_b}")
-    return range(max(depth - l_b, 0), depth)
-
-
-@contextmanager
-def truncate_depth(model: PreTrainedModel, depth: int) -> Iterator[PreTrainedModel]:
-    """Within the block, ``model`` runs only its bottom ``depth`` layers and its shared head.
-
-    No weights are copied: the block list is swapped for a shorter list of the same modules
-    (so ``model.parameters()`` lists only those layers meanwhile) and restored on exit.
-    """
-    family = family_of(model.config)
-    parent_path, attr = family.layers_path.rsplit(".", 1)
-    parent = model.get_submodule(parent_path)
-    full = getattr(parent, attr)
-    if not 1 <= depth <= len(full):
-        raise LineageError(f"depth must be in 1..{len(full)}, got {depth}")
-    configs: dict[int, PretrainedConfig] = {}
-    for module in model.modules():  # submodules may hold their own config object
-        cfg = getattr(module, "config", None)
-        if isinstance(cfg, PretrainedConfig):
-            configs[id(cfg)] = cfg
-    saved = {key: cfg.num_hidden_layers for key, cfg in configs.items()}
-    setattr(parent, attr, nn.ModuleList(list(full)[:depth]))
-    for cfg in configs.values():
-        cfg.num_hidden_layers = depth  # Llama's forward slices its layers by this
-    try:
-        yield model
-    finally:
-        setattr(parent, attr, full)
-        for key, cfg in configs.items():
-            cfg.num_hidden_layers = saved[key]

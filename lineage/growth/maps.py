@@ -2,7 +2,7 @@
 
 Pure data and pure functions: which unit of the source model each unit of the grown model
 copies (the maps g), and, per model family, which axis of which parameter follows which map.
-`lineage.growth` runs the one copy loop over these templates.
+`lineage.growth.expand` runs the one copy loop over these templates.
 
 Axis names used by the templates:
 
