@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from lineage.adaptation import AdaptJob, adapt
-from lineage.adapters import LoraSpec, adapter_bytes
+from lineage.continual.adaptation import AdaptJob, adapt
 from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.corpora.profiles import iter_documents
 from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import ModelShape
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, run_training
+from lineage.train.lora import LoraSpec, adapter_bytes
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, run_training
 from lineage.workspace import Workspace
 
 SIZES = {  # (base shape, expert shape, base steps, expert steps, adapt steps, vocab, block)

@@ -49,8 +49,8 @@ from lineage.lifecycle import (
 from lineage.models.modeling import ModelShape, load_model
 from lineage.plots import curves
 from lineage.registry.entities import Model
-from lineage.tracking import NullTracker
-from lineage.trainer import TrainConfig, train
+from lineage.train.tracking import NullTracker
+from lineage.train.trainer import TrainConfig, train
 from lineage.workspace import Workspace
 
 DOMAIN = "literature"

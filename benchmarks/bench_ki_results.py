@@ -14,7 +14,7 @@ comparisons):
                  by default; ``--top-k-large 0`` = the full vocabulary, "kfull": for gpt2 that
                  cache holds every position, about 3 GB).
 
-Everything runs through ``lineage.training.run_training`` (cached teachers, MLflow runs in the
+Everything runs through ``lineage.train.training.run_training`` (cached teachers, MLflow runs in the
 workspace), as a user would. Reported: each run's final valid perplexity, the steps each KI run
 needs to reach SL's final valid perplexity (the paper: 27 % fewer), and the step at which each
 student passes the teacher. Writes ``benchmarks/results/ki_results_<family>.json`` and the
@@ -52,8 +52,8 @@ from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.inherit.schedules import guided_steps_for
 from lineage.lifecycle import build_caches, create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import PRESETS
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, TrainOutcome, run_training
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace
 
 DOMAIN = "literature"

@@ -3,7 +3,7 @@
 papers/001 §3.1: with the teacher's predictions computed once and cached, the extra cost of KI
 over self-learning is "almost negligible". This measures it for the demo sizes: a roberta
 student of 4 layers x 128 (vocabulary 2000, blocks of 64, batch 16) taught by a 2 x 64 teacher,
-every step through ``lineage.trainer.train`` with a ``MixtureSampler`` over
+every step through ``lineage.train.trainer.train`` with a ``MixtureSampler`` over
 
   * ``sl``         a ``BlockShard`` without teacher (dynamic masking, α = 0);
   * ``ki-cached``  the teacher's top-K cache (``CachedShard``), α = 0.5 at every step;
@@ -40,8 +40,8 @@ from lineage.inherit.cache import CacheMeta, open_cache
 from lineage.inherit.cache_build import build_cache
 from lineage.inherit.schedules import InheritanceSchedule
 from lineage.models.modeling import PRESETS, ModelShape, build_config
-from lineage.tracking import NullTracker
-from lineage.trainer import TrainConfig, train
+from lineage.train.tracking import NullTracker
+from lineage.train.trainer import TrainConfig, train
 
 VOCAB, BLOCK, BATCH = 2000, 64, 16
 STUDENT, TEACHER = PRESETS["small"], PRESETS["tiny"]  # 4 x 128 and 2 x 64

@@ -1,4 +1,4 @@
-"""Training throughput of the real loop (``lineage.trainer.train``).
+"""Training throughput of the real loop (``lineage.train.trainer.train``).
 
 Prints, on CPU:
   * tokens/s for the tiny presets, MLM (roberta) and causal (gpt2);
@@ -28,8 +28,8 @@ from lineage.corpora.batches import BlockShard, MixtureSampler, mlm_mask
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.inherit.losses import ki_loss
 from lineage.models.modeling import TargetLogits, build_config
-from lineage.tracking import NullTracker
-from lineage.trainer import TrainConfig, train
+from lineage.train.tracking import NullTracker
+from lineage.train.trainer import TrainConfig, train
 
 VOCAB = 8000  # train_tokenizer's default vocabulary size
 INFO = TokenizerInfo(VOCAB, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))

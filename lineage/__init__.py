@@ -34,9 +34,9 @@ _EXPORTS = {
     "InheritanceSchedule": "lineage.inherit.schedules",
     "AutoInheritance": "lineage.inherit.schedules",
     "Router": "lineage.routing.router",
-    "TrainJob": "lineage.training",
-    "run_training": "lineage.training",
-    "TrainConfig": "lineage.trainer",
+    "TrainJob": "lineage.train.training",
+    "run_training": "lineage.train.training",
+    "TrainConfig": "lineage.train.trainer",
     "grow_model": "lineage.growth",
 }
 __all__ = [
@@ -56,20 +56,25 @@ __all__ = [
 
 # Old module name -> its module now. Deprecated: the old names go away in the next release.
 _MOVED = {
+    "lineage.adaptation": "lineage.continual.adaptation",
+    "lineage.adapters": "lineage.continual.adapters",
     "lineage.ancestry": "lineage.registry.ancestry",
     "lineage.blocks": "lineage.corpora.blocks",
     "lineage.cache": "lineage.inherit.cache",
+    "lineage.checkpoints": "lineage.train.checkpoints",
     "lineage.data": "lineage.corpora.batches",
     "lineage.db": "lineage.registry.db",
     "lineage.domains": "lineage.corpora.domains",
     "lineage.entities": "lineage.registry.entities",
     "lineage.evaluation": "lineage.models.evaluation",
+    "lineage.forgetting": "lineage.continual.forgetting",
     "lineage.graph": "lineage.registry.graph",
     "lineage.growth_maps": "lineage.growth.maps",
+    "lineage.jobs": "lineage.train.runs",
     "lineage.losses": "lineage.inherit.losses",
     "lineage.modelcard": "lineage.registry.modelcard",
-    "lineage.modeling": "lineage.models.modeling",
     "lineage.modelinfo": "lineage.registry.modelinfo",
+    "lineage.modeling": "lineage.models.modeling",
     "lineage.plans": "lineage.inherit.plans",
     "lineage.profiles": "lineage.corpora.profiles",
     "lineage.router": "lineage.routing.router",
@@ -79,6 +84,9 @@ _MOVED = {
     "lineage.shapes": "lineage.models.shapes",
     "lineage.teachers": "lineage.inherit.teachers",
     "lineage.tokenizer": "lineage.corpora.tokenizer",
+    "lineage.tracking": "lineage.train.tracking",
+    "lineage.trainer": "lineage.train.trainer",
+    "lineage.training": "lineage.train.training",
 }
 
 if TYPE_CHECKING:
@@ -87,8 +95,8 @@ if TYPE_CHECKING:
     from lineage.inherit.losses import KILoss, ki_loss
     from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule, inheritance_rate
     from lineage.routing.router import Router
-    from lineage.trainer import TrainConfig
-    from lineage.training import TrainJob, run_training
+    from lineage.train.trainer import TrainConfig
+    from lineage.train.training import TrainJob, run_training
     from lineage.workspace import Workspace
 
 

@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lineage import plots
-from lineage.adaptation import AdaptJob, adapt
 from lineage.compare import curve, saving, steps_to_reach
+from lineage.continual.adaptation import AdaptJob, adapt
+from lineage.continual.forgetting import forgetting_report
 from lineage.corpora.domains import (
     add_domain,
     bundled_domains,
@@ -30,7 +31,6 @@ from lineage.corpora.domains import (
     compute_proximity,
 )
 from lineage.errors import LineageError
-from lineage.forgetting import forgetting_report
 from lineage.inherit.plans import create_plan
 from lineage.lifecycle import (
     create_workspace_model,
@@ -38,8 +38,8 @@ from lineage.lifecycle import (
     train_workspace_tokenizer,
 )
 from lineage.models.shapes import ModelShape
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, TrainOutcome, run_training
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace
 
 GENERAL = "literature"

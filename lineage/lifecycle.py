@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from lineage.checkpoints import atomic_dir
 from lineage.corpora.blocks import domain_blocks, valid_blocks
 from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
@@ -29,12 +28,13 @@ from lineage.corpora.tokenizer import (
 from lineage.errors import ConflictError, LineageError
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model
 from lineage.inherit.teachers import ensure_cache
-from lineage.jobs import job_tracker, recorded, remove_unregistered
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
 from lineage.registry.modelinfo import read_model_info
+from lineage.train.checkpoints import atomic_dir
+from lineage.train.runs import job_tracker, recorded, remove_unregistered
 from lineage.workspace import Workspace
 
 GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights

@@ -110,8 +110,8 @@ def family_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lineage.corpora.domains import add_domain
     from lineage.lifecycle import create_workspace_model, train_workspace_tokenizer
     from lineage.models.modeling import ModelShape
-    from lineage.trainer import TrainConfig
-    from lineage.training import TrainJob, run_training
+    from lineage.train.trainer import TrainConfig
+    from lineage.train.training import TrainJob, run_training
 
     root = tmp_path_factory.mktemp("family") / "ws"
     ws = Workspace.init(root)

@@ -13,14 +13,15 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from lineage.adaptation import AdaptJob, adapt, before_after_matrix
-from lineage.adapters import LoraSpec, load_for_inference
 from lineage.cli import app
+from lineage.continual.adaptation import AdaptJob, adapt, before_after_matrix
+from lineage.continual.adapters import load_for_inference
+from lineage.continual.forgetting import domain_forgetting
 from lineage.corpora.batches import MixtureSampler
 from lineage.errors import LineageError
-from lineage.forgetting import domain_forgetting
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, replay_weights, run_training
+from lineage.train.lora import LoraSpec
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, replay_weights, run_training
 from lineage.workspace import Workspace
 
 CONFIG = TrainConfig(

@@ -19,19 +19,13 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from lineage.adaptation import AdaptJob, adapt
-from lineage.adapters import (
-    LoraSpec,
-    add_lora,
-    match_for_domain,
-    route_to_adapter,
-    score,
-    text_perplexity,
-)
+from lineage.continual.adaptation import AdaptJob, adapt
+from lineage.continual.adapters import match_for_domain, route_to_adapter, score, text_perplexity
 from lineage.corpora.domains import domain_texts
 from lineage.errors import LineageError
 from lineage.routing.router import Router
-from lineage.trainer import TrainConfig
+from lineage.train.lora import LoraSpec, add_lora
+from lineage.train.trainer import TrainConfig
 from lineage.workspace import Workspace
 
 H, FFN, L, V = 32, 64, 2, 120

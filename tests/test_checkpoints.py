@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lineage.checkpoints import (
+from lineage.errors import LineageError
+from lineage.train.checkpoints import (
     TrainingState,
     atomic_dir,
     checkpoint_run_id,
@@ -19,7 +20,6 @@ from lineage.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from lineage.errors import LineageError
 
 
 class Tied(nn.Module):

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from lineage.cli import app
-from lineage.forgetting import (
+from lineage.continual.forgetting import (
     PerplexityMatrix,
     backward_transfer,
     chain_matrix,

@@ -16,8 +16,8 @@ from lineage.errors import LineageError
 from lineage.growth import GrowthRecord
 from lineage.lifecycle import GROWTH_FILE, grow_workspace_model
 from lineage.models.modeling import load_model
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, run_training
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, run_training
 from lineage.workspace import Workspace
 
 runner = CliRunner()

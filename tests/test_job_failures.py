@@ -13,14 +13,14 @@ from mlflow import MlflowClient
 
 import lineage.inherit.teachers as teachers
 import lineage.lifecycle as lifecycle
-import lineage.training as training
-from lineage.adaptation import AdaptJob, adapt
-from lineage.adapters import LoraSpec
-from lineage.jobs import ERROR_TAG
+import lineage.train.training as training
+from lineage.continual.adaptation import AdaptJob, adapt
 from lineage.lifecycle import build_caches, grow_workspace_model
 from lineage.registry import Registry
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, run_training
+from lineage.train.lora import LoraSpec
+from lineage.train.runs import ERROR_TAG
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, run_training
 from lineage.workspace import Workspace
 
 CONFIG = TrainConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage.tracking import MlflowTracker, NullTracker, flatten, metric_key
+from lineage.train.tracking import MlflowTracker, NullTracker, flatten, metric_key
 
 
 @dataclass

@@ -20,8 +20,8 @@ from lineage.corpora.batches import Batch, BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.models.modeling import build_config, load_model
-from lineage.tracking import NullTracker
-from lineage.trainer import (
+from lineage.train.tracking import NullTracker
+from lineage.train.trainer import (
     AutoSample,
     TrainConfig,
     linear_warmup_decay,
@@ -317,7 +317,7 @@ def test_vocabulary_mismatch(tmp_path: Path) -> None:
 def test_mlflow_run_has_the_metrics(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from lineage.tracking import MlflowTracker
+    from lineage.train.tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker(uri, "lineage", "tiny-sl")

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from lineage.errors import ConflictError, LineageError
 from lineage.lifecycle import create_workspace_model
 from lineage.models.modeling import ModelShape
-from lineage.trainer import TrainConfig
-from lineage.training import TrainJob, run_training, source_domains
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import TrainJob, run_training, source_domains
 from lineage.workspace import Workspace
 
 CONFIG = TrainConfig(
@@ -115,7 +115,7 @@ def test_resume_continues_the_same_run(family_ws: Workspace) -> None:
         if step == 4:
             raise KeyboardInterrupt
 
-    import lineage.training as training
+    import lineage.train.training as training
 
     real_train = training.train
     with pytest.raises(KeyboardInterrupt):

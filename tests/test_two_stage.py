@@ -17,8 +17,8 @@ from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.growth.twostage import trainable_layer_range
 from lineage.models.modeling import ModelShape, build_config
-from lineage.tracking import NullTracker
-from lineage.trainer import TrainConfig, stage_one_frozen, train
+from lineage.train.tracking import NullTracker
+from lineage.train.trainer import TrainConfig, stage_one_frozen, train
 
 INFO = TokenizerInfo(vocab_size=300, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 BLOCKS = np.random.default_rng(0).integers(5, 300, size=(24, 16), dtype=np.uint16)

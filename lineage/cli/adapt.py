@@ -78,9 +78,9 @@ def adapt_command(
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to new domains; reports the forgetting on its source domains."""
-    from lineage.adaptation import AdaptJob, adapt  # torch: only when the command runs
-    from lineage.adapters import LoraSpec
-    from lineage.trainer import TrainConfig
+    from lineage.continual.adaptation import AdaptJob, adapt  # torch: only when the command runs
+    from lineage.train.lora import LoraSpec
+    from lineage.train.trainer import TrainConfig
 
     config = TrainConfig(
         steps=steps,

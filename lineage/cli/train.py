@@ -78,8 +78,8 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
-    from lineage.trainer import TrainConfig
-    from lineage.training import TrainJob, run_training
+    from lineage.train.trainer import TrainConfig
+    from lineage.train.training import TrainJob, run_training
 
     config = TrainConfig(
         steps=steps,

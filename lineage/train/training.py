@@ -1,7 +1,7 @@
 """A training job in a workspace: self-learning, single-teacher KI, or a plan's multi-teacher KI.
 
 Resolves names to shards, token blocks, teacher caches and evaluation sets; runs
-``lineage.trainer.train`` under an MLflow run; then registers the new model with its edges
+``lineage.train.trainer.train`` under an MLflow run; then registers the new model with its edges
 and evaluations. Only the main process writes the registry, MLflow and files.
 """
 
@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 from accelerate import PartialState
 
-from lineage.adapters import LoraSpec, adapter_bytes, adapter_info, add_lora, is_adapter
-from lineage.checkpoints import checkpoint_run_id
 from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
 from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
@@ -25,14 +23,16 @@ from lineage.errors import ConflictError, LineageError
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
 from lineage.inherit.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
-from lineage.jobs import recorded, remove_unregistered
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE
 from lineage.models.evaluation import evaluate
 from lineage.models.modeling import load_model
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, read_model_info
-from lineage.tracking import MlflowTracker, NullTracker, Tracker
-from lineage.trainer import AutoSample, TrainConfig, TrainResult, train
+from lineage.train.checkpoints import checkpoint_run_id
+from lineage.train.lora import LoraSpec, adapter_bytes, adapter_info, add_lora, is_adapter
+from lineage.train.runs import recorded, remove_unregistered
+from lineage.train.tracking import MlflowTracker, NullTracker, Tracker
+from lineage.train.trainer import AutoSample, TrainConfig, TrainResult, train
 from lineage.workspace import Workspace
 
 STRATEGIES = ("sl", "ki")

@@ -34,13 +34,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lineage.checkpoints import (
-    TrainingState,
-    atomic_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
 from lineage.corpora.batches import IGNORE_INDEX, Batch
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
@@ -49,7 +42,14 @@ from lineage.growth.twostage import submodel_layers, trainable_layer_range, trun
 from lineage.inherit.losses import KILoss, ki_loss
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows
-from lineage.tracking import NullTracker, Tracker
+from lineage.train.checkpoints import (
+    TrainingState,
+    atomic_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lineage.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 

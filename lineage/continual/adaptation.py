@@ -6,7 +6,7 @@ domains) or one LoRA adapter per domain; for KI the router picks a teacher per t
 "largely mitigated by reviewing"), a share R of the batches can replay the model's source
 domains, and with self-KI those replay batches are taught by the model's own pre-adaptation
 predictions, so source knowledge is inherited, not only re-learned. After each run the
-forgetting on every source domain (``lineage.forgetting``) is logged on its MLflow run.
+forgetting on every source domain (``lineage.continual.forgetting``) is logged on its MLflow run.
 """
 
 from __future__ import annotations
@@ -19,21 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from lineage.adapters import LoraSpec, is_adapter
-from lineage.errors import LineageError
-from lineage.forgetting import (
+from lineage.continual.forgetting import (
     DomainForgetting,
     PerplexityMatrix,
     domain_forgetting,
     forgetting_metrics,
 )
+from lineage.errors import LineageError
 from lineage.inherit.plans import compatible_teachers, create_plan, load_plan
 from lineage.inherit.schedules import SCHEDULE_KINDS
 from lineage.inherit.teachers import TEACHER_MODES
-from lineage.lifecycle import DEFAULT_BLOCK_SIZE
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
-from lineage.trainer import TrainConfig
-from lineage.training import STRATEGIES, TrainJob, TrainOutcome, run_training, source_domains
+from lineage.train.lora import LoraSpec, is_adapter
+from lineage.train.trainer import TrainConfig
+from lineage.train.training import STRATEGIES, TrainJob, TrainOutcome, run_training, source_domains
 from lineage.workspace import Workspace
 
 __all__ = ["AdaptJob", "Adapted", "adapt", "before_after_matrix", "teacher_candidates"]
@@ -183,7 +183,7 @@ def _log_forgetting(
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from lineage.tracking import metric_key
+    from lineage.train.tracking import metric_key
 
     now = int(time.time() * 1000)
     items = [Metric(metric_key(k), v, now, step) for k, v in metrics.items()]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineage.registry.entities import Run
 from lineage.registry.store import Registry
-from lineage.tracking import MlflowTracker, NullTracker, Tracker
+from lineage.train.tracking import MlflowTracker, NullTracker, Tracker
 
 if TYPE_CHECKING:
     from lineage.workspace import Workspace
