@@ -47,8 +47,8 @@ from lineage.lifecycle import (
     train_workspace_tokenizer,
 )
 from lineage.models.modeling import ModelShape, load_model
-from lineage.plots import curves
 from lineage.registry.entities import Model
+from lineage.report.plots import curves
 from lineage.train.tracking import NullTracker
 from lineage.train.trainer import TrainConfig, train
 from lineage.workspace import Workspace

@@ -45,13 +45,13 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from lineage import plots
-from lineage.compare import curve, saving, steps_to_reach
 from lineage.corpora.blocks import domain_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.inherit.schedules import guided_steps_for
 from lineage.lifecycle import build_caches, create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import PRESETS
+from lineage.report import plots
+from lineage.report.compare import curve, saving, steps_to_reach
 from lineage.train.trainer import TrainConfig
 from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace

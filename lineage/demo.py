@@ -20,10 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lineage import plots
-from lineage.compare import curve, saving, steps_to_reach
 from lineage.continual.adaptation import AdaptJob, adapt
-from lineage.continual.forgetting import forgetting_report
 from lineage.corpora.domains import (
     add_domain,
     bundled_domains,
@@ -38,6 +35,9 @@ from lineage.lifecycle import (
     train_workspace_tokenizer,
 )
 from lineage.models.shapes import ModelShape
+from lineage.report import plots
+from lineage.report.compare import curve, saving, steps_to_reach
+from lineage.report.forgetting import forgetting_report
 from lineage.train.trainer import TrainConfig
 from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace

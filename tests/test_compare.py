@@ -1,6 +1,6 @@
 import math
 
-from lineage.compare import curve, saving, steps_to_reach
+from lineage.report.compare import curve, saving, steps_to_reach
 
 HISTORY = [{"step": 0, "ppl/a": 100.0}, {"step": 10, "ppl/a": 50.0}, {"step": 20, "ppl/a": 25.0}]
 

@@ -143,7 +143,7 @@ def proximity(
     as_json: JsonOption = False,
 ) -> None:
     """Vocabulary-overlap proximity between domains (the paper's Table 8); stored and plotted."""
-    from lineage.plots import heatmap  # matplotlib loads only when a plot is drawn
+    from lineage.report.plots import heatmap  # matplotlib loads only when a plot is drawn
 
     ws = workspace(ctx)
     names, matrix = compute_proximity(ws, measure=measure)

@@ -10,7 +10,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.continual.forgetting import forgetting_report
+from lineage.report.forgetting import forgetting_report
 
 app = make_app("Reports on the model family: forgetting and transfer across domains.")
 
