@@ -20,14 +20,9 @@ from lineage.corpora.batches import Batch, BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.models.modeling import build_config, load_model
+from lineage.train.loop import linear_warmup_decay
 from lineage.train.tracking import NullTracker
-from lineage.train.trainer import (
-    AutoSample,
-    TrainConfig,
-    linear_warmup_decay,
-    param_groups,
-    train,
-)
+from lineage.train.trainer import AutoSample, TrainConfig, param_groups, train
 
 INFO = TokenizerInfo(vocab_size=300, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 BLOCKS = np.random.default_rng(0).integers(5, 300, size=(24, 32), dtype=np.uint16)
