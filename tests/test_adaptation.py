@@ -19,9 +19,10 @@ from lineage.continual.adapters import load_for_inference
 from lineage.continual.forgetting import domain_forgetting
 from lineage.corpora.batches import MixtureSampler
 from lineage.errors import LineageError
+from lineage.train.assign import replay_weights
 from lineage.train.lora import LoraSpec
 from lineage.train.trainer import TrainConfig
-from lineage.train.training import TrainJob, replay_weights, run_training
+from lineage.train.training import TrainJob, run_training
 from lineage.workspace import Workspace
 
 CONFIG = TrainConfig(

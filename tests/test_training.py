@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 from lineage.errors import ConflictError, LineageError
 from lineage.lifecycle import create_workspace_model
 from lineage.models.modeling import ModelShape
+from lineage.train.assign import source_domains
 from lineage.train.trainer import TrainConfig
-from lineage.train.training import TrainJob, run_training, source_domains
+from lineage.train.training import TrainJob, run_training
 from lineage.workspace import Workspace
 
 CONFIG = TrainConfig(

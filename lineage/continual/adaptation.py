@@ -31,9 +31,11 @@ from lineage.inherit.schedules import SCHEDULE_KINDS
 from lineage.inherit.teachers import TEACHER_MODES
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
+from lineage.train.assign import source_domains
+from lineage.train.job import STRATEGIES
 from lineage.train.lora import LoraSpec, is_adapter
 from lineage.train.trainer import TrainConfig
-from lineage.train.training import STRATEGIES, TrainJob, TrainOutcome, run_training, source_domains
+from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace
 
 __all__ = ["AdaptJob", "Adapted", "adapt", "before_after_matrix", "teacher_candidates"]

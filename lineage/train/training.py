@@ -8,284 +8,38 @@ and evaluations. Only the main process writes the registry, MLflow and files.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from accelerate import PartialState
 
-from lineage.corpora.batches import BlockShard, MixtureSampler, ShardSource
-from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
+from lineage.corpora.batches import MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import ConflictError, LineageError
 from lineage.inherit.plans import load_plan
-from lineage.inherit.schedules import AutoInheritance, InheritanceSchedule, guided_steps_for
-from lineage.inherit.teachers import TEACHER_MODES, check_same_vocabulary, ensure_cache
-from lineage.models.evaluation import evaluate
+from lineage.inherit.schedules import AutoInheritance
+from lineage.inherit.teachers import check_same_vocabulary
 from lineage.models.modeling import load_model
-from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import ModelInfo, read_model_info
+from lineage.train.assign import (
+    Assigned,
+    assign_shards,
+    auto_samples,
+    eval_sets,
+    replay_shards,
+    replay_weights,
+    shard_sources,
+)
 from lineage.train.checkpoints import checkpoint_run_id
-from lineage.train.lora import LoraSpec, adapter_bytes, adapter_info, add_lora, is_adapter
+from lineage.train.job import TrainJob, TrainOutcome
+from lineage.train.lora import adapter_bytes, adapter_info, add_lora, is_adapter
 from lineage.train.runs import recorded, remove_unregistered
 from lineage.train.tracking import MlflowTracker, NullTracker, Tracker
-from lineage.train.trainer import AutoSample, TrainConfig, TrainResult, train
+from lineage.train.trainer import TrainResult, train
 from lineage.workspace import Workspace
 
-STRATEGIES = ("sl", "ki")
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """What to train; every field one line of help (the CLI mirrors them)."""
-
-    student: str  # registered model the weights start from
-    output: str  # name of the new model (registered at the end)
-    domains: tuple[str, ...] = ()  # target domains (taken from the plan when one is given)
-    strategy: str = "sl"  # "sl" (self-learning) or "ki" (knowledge inheritance)
-    teachers: tuple[str, ...] = ()  # KI shortcut: these teachers teach every target shard
-    plan: str | None = None  # a stored plan: per-shard teachers, schedules, steps
-    schedule: dict[str, Any] = field(default_factory=dict)  # InheritanceSchedule fields (shortcut)
-    teacher_mode: str = "cached"  # "cached" (top-K logit cache) or "online" (teacher forward)
-    top_k: int = 10  # teacher logits kept per target in the cache
-    block_size: int = DEFAULT_BLOCK_SIZE  # tokens per training block
-    data_fraction: float = 1.0  # use only this share of each target shard (data-scarce runs)
-    config: TrainConfig = field(default_factory=TrainConfig)
-    resume: bool = False  # continue the interrupted run of the same output name
-    replay: float = 0.0  # share of batches drawn from the student's source domains ("reviewing")
-    replay_domains: tuple[str, ...] = ()  # domains to replay (default: the student's sources)
-    self_ki: bool = False  # replay batches are taught by the student's own (pre-run) predictions
-    self_ki_alpha: float = 0.5  # constant inheritance rate of that self-KI term
-    lora: LoraSpec | None = None  # train a LoRA adapter (saved under adapters/), not all weights
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise LineageError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
-            )
-        if self.teacher_mode not in TEACHER_MODES:
-            raise LineageError(f"teacher mode must be one of {', '.join(TEACHER_MODES)}")
-        if self.strategy == "sl" and (self.teachers or self.plan):
-            raise LineageError("self-learning takes no --teacher or --plan (use --strategy ki)")
-        if self.strategy == "ki" and not (self.teachers or self.plan):
-            raise LineageError("KI needs a --teacher or a --plan")
-        if self.teachers and self.plan:
-            raise LineageError("give --teacher or --plan, not both")
-        if not self.plan and not self.domains:
-            raise LineageError("name at least one --domain to train on")
-        if not 0 < self.data_fraction <= 1:
-            raise LineageError(f"data fraction must be in (0, 1], got {self.data_fraction}")
-        if self.student == self.output:
-            raise LineageError("the output must get a new name (models are never overwritten)")
-        if not 0 <= self.replay < 1:
-            raise LineageError(f"replay share must be in [0, 1), got {self.replay}")
-        if (self.self_ki or self.replay_domains) and self.replay == 0:
-            raise LineageError("--self-ki and replay domains need a replay share (--replay R > 0)")
-        if not 0 < self.self_ki_alpha <= 1:
-            raise LineageError(f"self-KI alpha must be in (0, 1], got {self.self_ki_alpha}")
-        if set(self.replay_domains) & set(self.domains):
-            raise LineageError("a replayed domain cannot also be a target domain")
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    model: Model | None  # None on non-main processes
-    result: TrainResult
-    run_id: str | None
-    teachers: dict[str, dict[str, Any]]  # teacher -> edge parameters
-
-
-@dataclass
-class _Assigned:
-    """One target shard and who teaches it."""
-
-    blocks: ShardBlocks
-    teacher: str | None
-    schedule: InheritanceSchedule | None
-    replay: bool = False  # a source-domain shard replayed against forgetting
-
-
-def source_domains(ws: Workspace, model: Model) -> list[str]:
-    """Every domain the model or any ancestor was trained on (its lineage tells which)."""
-    reg = ws.registry
-    seen = list(model.domains)
-    for rel in reg.ancestors(model.name):
-        seen += [d for d in reg.model(rel.name).domains if d not in seen]
-    return seen
-
-
-def _default_schedule(job: TrainJob, teacher: Model, student: Model) -> InheritanceSchedule:
-    params = dict(job.schedule)
-    kind = params.pop("kind", "linear")
-    steps = job.config.steps
-    if kind in ("linear", "auto") and "alpha_T" not in params and "guided_steps" not in params:
-        params["guided_steps"] = guided_steps_for(teacher.layers, student.layers, steps)
-    return InheritanceSchedule(kind=kind, total_steps=steps, **params)
-
-
-def _assign(ws: Workspace, job: TrainJob, student: Model) -> tuple[list[_Assigned], TrainJob]:
-    """Shards with their teachers and schedules, from the plan or the shortcut options."""
-    reg = ws.registry
-    tok_dir = Path(student.path)
-    if job.plan is not None:
-        spec = load_plan(ws, job.plan)
-        if spec.student != student.name:
-            raise ConflictError(
-                f"plan {job.plan!r} is for student {spec.student!r}, not {student.name!r}"
-            )
-        schedules = spec.schedules()
-        shards = {s.id: s for d in spec.domains for s in reg.shards(d, split="train")}
-        assigned = []
-        for sp in spec.shards:
-            if sp.shard_id not in shards:
-                raise LineageError(f"plan {job.plan!r}: shard {sp.name} no longer exists")
-            blocks = shard_blocks(ws, shards[sp.shard_id], tok_dir, job.block_size)
-            assigned.append(
-                _Assigned(blocks, sp.teacher, schedules.get(sp.teacher) if sp.teacher else None)
-            )
-        config = dataclasses.replace(job.config, steps=spec.steps, temperature=spec.temperature)
-        job = dataclasses.replace(job, domains=tuple(spec.domains), top_k=spec.top_k, config=config)
-        return assigned, job
-    teachers = [reg.model(t) for t in job.teachers]
-    if len(teachers) > 1:
-        raise LineageError("several teachers need a plan (`lineage plan create`) to route shards")
-    assigned = []
-    for domain in job.domains:
-        for shard in reg.shards(domain, split="train"):
-            blocks = shard_blocks(ws, shard, tok_dir, job.block_size)
-            teacher = teachers[0] if teachers else None
-            schedule = _default_schedule(job, teacher, student) if teacher else None
-            assigned.append(_Assigned(blocks, teacher.name if teacher else None, schedule))
-    if not assigned:
-        raise LineageError(f"no train shards in {', '.join(job.domains)}")
-    return assigned, job
-
-
-def replay_weights(sizes: Sequence[int], replay: Sequence[bool], share: float) -> list[float]:
-    """Sampler weights that draw ``share`` of the batches from the replay shards.
-
-    Within each group (target / replay) a shard is drawn in proportion to its size, as the
-    sampler's default does: w_i = (1 − R) · n_i / Σ_target n + R · [replay_i] · n_i / Σ_replay n.
-    """
-    target = sum(n for n, r in zip(sizes, replay, strict=True) if not r)
-    again = sum(n for n, r in zip(sizes, replay, strict=True) if r)
-    if target == 0 or (share > 0 and again == 0):
-        raise LineageError("replay needs both target and replay shards")
-    return [
-        (share * n / again) if r else ((1 - share) * n / target)
-        for n, r in zip(sizes, replay, strict=True)
-    ]
-
-
-def _replay(ws: Workspace, job: TrainJob, student: Model) -> list[_Assigned]:
-    """The source-domain shards to review; with self-KI the student teaches them (α constant)."""
-    if job.replay == 0:
-        return []
-    domains = job.replay_domains or tuple(
-        d for d in source_domains(ws, student) if d not in job.domains
-    )
-    if not domains:
-        raise LineageError(f"{student.name!r} has no source domain to replay")
-    schedule = (
-        InheritanceSchedule(
-            kind="constant", total_steps=job.config.steps, constant=job.self_ki_alpha
-        )
-        if job.self_ki
-        else None
-    )
-    teacher = student.name if job.self_ki else None
-    return [
-        _Assigned(shard_blocks(ws, s, Path(student.path), job.block_size), teacher, schedule, True)
-        for d in domains
-        for s in ws.registry.shards(d, split="train")
-    ]
-
-
-def _scarce(blocks: ShardBlocks, fraction: float) -> ShardBlocks:
-    keep = max(1, int(len(blocks.blocks) * fraction))
-    return dataclasses.replace(blocks, blocks=blocks.blocks[:keep])
-
-
-def _sources(
-    ws: Workspace,
-    job: TrainJob,
-    student: Model,
-    assigned: list[_Assigned],
-    info: TokenizerInfo,
-    progress: bool = True,
-) -> tuple[list[ShardSource], dict[str, Any]]:
-    """ShardSources for the sampler (cached or online teachers) and the online teacher models."""
-    reg = ws.registry
-    online: dict[str, Any] = {}
-    sources: list[ShardSource] = []
-    for a in assigned:
-        scarce = job.data_fraction < 1 and not a.replay  # the sources are not the scarce data
-        blocks = _scarce(a.blocks, job.data_fraction) if scarce else a.blocks
-        if a.teacher is None:
-            sources.append(BlockShard(blocks.key, blocks.blocks, student.objective, info))
-            continue
-        teacher = reg.model(a.teacher)
-        if job.teacher_mode == "online":
-            if a.teacher not in online:
-                online[a.teacher] = load_model(Path(teacher.path))
-            sources.append(
-                BlockShard(blocks.key, blocks.blocks, student.objective, info, teacher=a.teacher)
-            )
-        else:
-            cache = ensure_cache(ws, teacher, a.blocks, top_k=job.top_k, progress=progress)
-            sources.append(_ScarceCached(cache.shard(blocks.key, a.teacher), len(blocks.blocks)))
-    return sources, online
-
-
-class _ScarceCached:
-    """A cached shard limited to its first ``n`` blocks (the cache covers the whole shard)."""
-
-    def __init__(self, inner: Any, n: int) -> None:
-        self.inner, self.n = inner, min(n, len(inner))
-        self.name, self.teacher = inner.name, inner.teacher
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batch(self, indices: Sequence[int], generator: Any) -> Any:
-        return self.inner.batch(indices, generator)
-
-
-def _eval_sets(ws: Workspace, job: TrainJob, student: Model) -> dict[str, np.ndarray]:
-    """Valid blocks of the target domains AND every source domain (forgetting, as it happens)."""
-    names = list(dict.fromkeys([*job.domains, *source_domains(ws, student)]))
-    limit = job.config.eval_blocks
-    return {d: valid_blocks(ws, d, Path(student.path), job.block_size, limit) for d in names}
-
-
-def _auto_samples(
-    ws: Workspace, job: TrainJob, assigned: list[_Assigned], student: Model, info: TokenizerInfo
-) -> dict[str, AutoSample]:
-    """Held-out blocks of each auto-scheduled teacher's domains, with its perplexity on them."""
-    out: dict[str, AutoSample] = {}
-    for a in assigned:
-        if a.teacher is None or a.schedule is None or a.schedule.kind != "auto" or a.teacher in out:
-            continue
-        domains = sorted({b.blocks.shard.domain for b in assigned if b.teacher == a.teacher})
-        blocks = np.concatenate(
-            [
-                valid_blocks(ws, d, Path(student.path), job.block_size, job.config.eval_blocks)
-                for d in domains
-            ]
-        )
-        teacher = load_model(Path(ws.registry.model(a.teacher).path))
-        ppl = evaluate(
-            teacher,
-            blocks,
-            objective=student.objective,
-            batch_size=job.config.eval_batch_size,
-            tokenizer=info,
-        ).ppl
-        out[a.teacher] = AutoSample(blocks=blocks, teacher_ppl=ppl)
-    return out
+__all__ = ["TrainJob", "TrainOutcome", "run_training"]
 
 
 def _tracker(
@@ -350,8 +104,8 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         raise ConflictError(f"a model named {job.output!r} is already registered")
     for d in job.domains:
         reg.domain(d)
-    assigned, job = _assign(ws, job, student)
-    replayed = _replay(ws, job, student)
+    assigned, job = assign_shards(ws, job, student)
+    replayed = replay_shards(ws, job, student)
     if replayed:
         reviewed = tuple(dict.fromkeys(a.blocks.shard.domain for a in replayed))
         job = dataclasses.replace(job, replay_domains=reviewed)
@@ -394,7 +148,7 @@ def _train(
     ws: Workspace,
     job: TrainJob,
     student: Model,
-    assigned: list[_Assigned],
+    assigned: list[Assigned],
     tracker: Tracker,
     run_dir: Path,
     progress: bool,
@@ -403,7 +157,7 @@ def _train(
     state = PartialState()
     tokenizer = load_tokenizer(Path(student.path))
     info = TokenizerInfo.of(tokenizer)
-    sources, online = _sources(ws, job, student, assigned, info, progress)
+    sources, online = shard_sources(ws, job, student, assigned, info, progress)
     schedules = _schedules(assigned)
     sampler = MixtureSampler(
         sources,
@@ -422,7 +176,7 @@ def _train(
         lm,
         config=job.config,
         sampler=sampler,
-        eval_sets=_eval_sets(ws, job, student),
+        eval_sets=eval_sets(ws, job, student),
         objective=student.objective,
         out_dir=(ws.adapters_dir if job.lora else ws.models_dir) / job.output,
         checkpoint_dir=run_dir / "checkpoints",
@@ -432,12 +186,12 @@ def _train(
         resume=job.resume,
         progress=progress,
         tokenizer=tokenizer,
-        auto_samples=_auto_samples(ws, job, assigned, student, info),
+        auto_samples=auto_samples(ws, job, assigned, student, info),
     )
     return result, _teacher_params(job, assigned, schedules)
 
 
-def _schedules(assigned: list[_Assigned]) -> dict[str, Any]:
+def _schedules(assigned: list[Assigned]) -> dict[str, Any]:
     """One schedule object per teacher (AutoInheritance for "auto": it holds state)."""
     out: dict[str, Any] = {}
     for a in assigned:
@@ -449,7 +203,7 @@ def _schedules(assigned: list[_Assigned]) -> dict[str, Any]:
 
 
 def _teacher_params(
-    job: TrainJob, assigned: list[_Assigned], schedules: dict[str, Any]
+    job: TrainJob, assigned: list[Assigned], schedules: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, schedule in schedules.items():
