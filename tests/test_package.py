@@ -1,5 +1,9 @@
+import importlib
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import lineage
 
@@ -31,3 +35,28 @@ def test_cli_spells_the_growth_methods_like_the_library() -> None:
     from lineage.growth import GrowthMethod
 
     assert get_args(GrowthMethod) == METHODS
+
+
+def test_old_module_names_are_the_moved_modules_with_a_warning() -> None:
+    package = Path(lineage.__file__).parent
+    for old, new in lineage._MOVED.items():
+        assert not (package / f"{old.removeprefix('lineage.')}.py").exists()
+        sys.modules.pop(old, None)  # imported earlier in this process: import it afresh
+        with pytest.warns(DeprecationWarning, match=f"{old} has moved to {new}"):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
+        assert module.__name__ == module.__spec__.name == new  # the module keeps its own spec
+    from lineage.trainer import TrainConfig  # the old spelling of an import still works
+
+    assert TrainConfig is importlib.import_module("lineage.train.trainer").TrainConfig
+
+
+def test_packages_that_were_modules_keep_their_names() -> None:
+    from lineage.growth import GrowthRecord, grow_model, truncate_depth
+    from lineage.growth.expand import grow_model as expanded
+    from lineage.registry import Registry
+    from lineage.registry.store import Registry as stored
+
+    assert Registry is stored and grow_model is expanded
+    assert GrowthRecord.__module__ == "lineage.growth.expand"
+    assert truncate_depth.__module__ == "lineage.growth.twostage"
