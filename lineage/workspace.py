@@ -2,7 +2,7 @@
 
 ``Workspace.open(path)`` is the Python API's front door; everything else hangs off it.
 Stage 2 of the layout: it knows the configuration, the registry and the folders, nothing of
-the stages above (a router over a workspace is ``lineage.routing.router.Router.from_workspace(ws)``).
+the stages above (a router over a workspace: ``lineage.routing.router.Router.from_workspace``).
 """
 
 from __future__ import annotations

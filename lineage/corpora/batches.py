@@ -243,8 +243,8 @@ def load_blocks(path: Path) -> np.ndarray:
 class BlockShard:
     """A shard of plain token blocks: MLM batches are masked dynamically, causal ones shifted.
 
-    ``tokenizer`` is a :class:`lineage.corpora.tokenizer.TokenizerInfo` (mask id, vocabulary size and
-    special ids). ``teacher`` names an online teacher for this shard (no cache), or None.
+    ``tokenizer`` is a :class:`lineage.corpora.tokenizer.TokenizerInfo` (mask id, vocabulary size
+    and special ids). ``teacher`` names an online teacher for this shard (no cache), or None.
     """
 
     def __init__(

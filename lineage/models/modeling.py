@@ -28,7 +28,7 @@ from lineage.corpora.tokenizer import load_tokenizer
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
 
-# Shapes and families are plain data (lineage.models.shapes); re-exported for callers of this module.
+# Shapes and families are plain data (lineage.models.shapes); re-exported for this module's callers.
 from lineage.models.shapes import FAMILIES as FAMILIES
 from lineage.models.shapes import PRESETS as PRESETS
 from lineage.models.shapes import ModelShape as ModelShape

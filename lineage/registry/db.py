@@ -1,7 +1,8 @@
 """The registry's tables (SQLAlchemy 2 typed ORM) and the engine that serves them.
 
 ORM rows never leave ``lineage.registry``: callers get the plain entities of
-``lineage.registry.entities``. The schema changes only through the Alembic migrations in ``migrations/``.
+``lineage.registry.entities``. The schema changes only through the Alembic migrations in
+``migrations/``.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 class PerplexityMeter:
     """``measure=True``: a model's perplexity on a sample of a shard's documents.
 
-    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.models.evaluation.evaluate`` (fixed MLM
-    masks, so models compare on the same targets); models stay loaded between shards. Returns
-    None when the sample is shorter than one block. Perplexities compare only between models
-    that share a tokenizer and an objective, which plans enforce.
+    Uses ``lineage.corpora.batches.tokenize_to_blocks`` and ``lineage.models.evaluation.evaluate``
+    (fixed MLM masks, so models compare on the same targets); models stay loaded between shards.
+    Returns None when the sample is shorter than one block. Perplexities compare only between
+    models that share a tokenizer and an objective, which plans enforce.
     """
 
     def __init__(

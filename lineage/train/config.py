@@ -65,7 +65,8 @@ class TrainConfig:
 
 
 class RateSchedule(Protocol):
-    """An inheritance-rate schedule (lineage.inherit.schedules); AutoInheritance also has ``observe``."""
+    """An inheritance-rate schedule (lineage.inherit.schedules); AutoInheritance also has
+    ``observe``."""
 
     def rate(self, step: int) -> float: ...
 
