@@ -20,7 +20,7 @@ from lineage.corpora.batches import Batch, BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.models.modeling import build_config, load_model
-from lineage.train.loop import linear_warmup_decay
+from lineage.train.loop import lr_scheduler
 from lineage.train.tracking import NullTracker
 from lineage.train.trainer import AutoSample, TrainConfig, param_groups, train
 
@@ -104,15 +104,15 @@ def test_config_validation() -> None:
 
 
 def test_learning_rate_schedule_and_decay_groups() -> None:
-    f = linear_warmup_decay(100, 0.1)
-    assert [round(f(s), 4) for s in (0, 4, 9, 10, 55, 100)] == [
-        round(1 / 11, 4),
-        round(5 / 11, 4),
-        round(10 / 11, 4),
-        1.0,
-        0.5,
-        0.0,
-    ]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_scheduler(optimizer, TrainConfig(steps=100, warmup_ratio=0.1))
+    lrs = []
+    for _ in range(101):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # 10 warm-up steps from 0, then linear decay to 0 at step 100.
+    assert [round(lrs[s], 4) for s in (0, 4, 9, 10, 55, 100)] == [0.0, 0.4, 0.9, 1.0, 0.5, 0.0]
     groups = param_groups(tiny("roberta"), 0.01)
     assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in groups[0]["params"])

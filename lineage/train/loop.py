@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -43,16 +42,17 @@ from lineage.train.tracking import NullTracker, Tracker
 log = logging.getLogger(__name__)
 
 
-def linear_warmup_decay(steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: 0 → 1 over the warm-up steps, then linearly to 0 at ``steps``."""
-    warmup = int(steps * warmup_ratio)
+def lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+    """Transformers' linear schedule: the learning rate rises from 0 over the first
+    ``warmup_ratio`` of the steps, then falls linearly to 0 at ``steps``."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (steps - step) / max(1, steps - warmup))
-
-    return factor
+    return get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(config.steps * config.warmup_ratio),
+        num_training_steps=config.steps,
+    )
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -223,9 +223,7 @@ class Loop:
         optimizer = torch.optim.AdamW(
             param_groups(self.model, c.weight_decay), lr=c.lr, betas=c.betas, eps=c.eps
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, linear_warmup_decay(c.steps, c.warmup_ratio)
-        )
+        self.scheduler = lr_scheduler(optimizer, c)
         self.wrapper, self.optimizer = self.acc.prepare(TargetLogits(self.model), optimizer)
         for teacher in self.teachers.values():
             teacher.to(self.acc.device).eval().requires_grad_(False)
