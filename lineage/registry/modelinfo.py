@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,21 +55,17 @@ def objective_of(config: dict) -> str:
 
 
 def count_parameters(model_dir: Path) -> int:
-    """Sum of tensor sizes from the safetensors headers (no weights are read)."""
+    """Sum of tensor sizes from the safetensors headers (``safe_open``: no weights are read)."""
+    from safetensors import safe_open
+
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise LineageError(f"{model_dir}: no *.safetensors weights")
     total = 0
     for file in files:
-        with file.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in meta["shape"]:
-                    n *= dim
-                total += n
+        with safe_open(file, framework="numpy") as weights:
+            names = weights.keys()  # a safe_open handle is not iterable itself
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
     return total
 
 
