@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def test_mlflow_run_resume_and_nesting(uri: str, tmp_path: Path) -> None:
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "wb-train"
     assert dataset_input.dataset.digest == ("ab" * 32)[:36]
+    assert dataset_input.dataset.source_type == "local"
+    assert json.loads(dataset_input.dataset.source) == {"uri": str(tmp_path / "wb.npy")}
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["note.txt"]
 
     child = MlflowTracker(uri, "exp", "child", parent_run_id=tracker.run_id)

@@ -9,9 +9,9 @@ duplicate. MLflow is imported lazily: importing this module stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,20 +193,21 @@ class MlflowTracker:
             self._client.log_artifact(self._run_id, str(path), artifact_path)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
-        """Record a dataset input (``mlflow.log_input`` semantics) by name and content digest."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        """Record a dataset input (``mlflow.log_input`` semantics) by name and content digest.
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
-            src = resolve_dataset_source(str(source))
-        # MLflow keeps at most 36 characters of a digest.
-        dataset = MetaDataset(src, name=name, digest=digest[:36])  # type: ignore[abstract]
-        tag = InputTag("mlflow.data.context", context)
-        self._client.log_inputs(
-            self._run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])]
+        Shards and eval sets are local files: the source is MLflow's ``local`` type with the
+        path as its URI, as ``mlflow.data`` records a local file.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest[:36],  # MLflow keeps at most 36 characters of a digest
+            source_type="local",
+            source=json.dumps({"uri": str(source)}),
         )
+        tag = InputTag("mlflow.data.context", context)
+        self._client.log_inputs(self._run_id, datasets=[DatasetInput(dataset, tags=[tag])])
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: FINISHED, FAILED or KILLED."""
