@@ -89,7 +89,7 @@ def test_streaming_equals_one_shot_reference() -> None:
     """
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-    assert stopword_list("sklearn-english") == ENGLISH_STOP_WORDS  # the fast loader's list
+    assert stopword_list("sklearn-english") == ENGLISH_STOP_WORDS  # the copy lineage ships
 
     docs = [*random_docs("abcdefgh", 300, seed=0), "Mixed CASE words, words, words"]
     for min_df in (1, 2, 5):
