@@ -54,8 +54,9 @@ def test_tour(tmp_path: Path, make_model_dir: Callable[..., Path]) -> None:
     shown = json.loads(run("-w", ws, "model", "show", "g2", "--json"))
     assert shown["generation"] == 2 and shown["parents"][0]["parent"] == "g1"
     assert "└─[ki]─ g2" in run("-w", ws, "graph")
-    assert '"g1" -> "g2"' in run("-w", ws, "graph", "--format", "dot")
-    assert "m_g1 -.->|ki| m_g2" in run("-w", ws, "graph", "-f", "mermaid")
+    dot = run("-w", ws, "graph", "--format", "dot")
+    assert '  n0 [label="g1\\n' in dot and '  n0 -> n1 [label="ki"' in dot
+    assert "n0 -.->|ki| n1" in run("-w", ws, "graph", "-f", "mermaid")
     assert len(json.loads(run("-w", ws, "graph", "-f", "json"))["edges"]) == 1
     run("-w", ws, "model", "card", "g2")
     card = (g2 / "README.md").read_text()

@@ -28,8 +28,46 @@ def test_text_tree_lists_a_multi_parent_child_under_each_parent() -> None:
 def test_formats_escape_names_and_mark_kinds() -> None:
     models = [model("a-b.c"), model("d")]
     edges = [edge("a-b.c", "d", "grow")]
-    assert "m_a_b_c -->|grow| m_d" in render(models, edges, "mermaid")
-    assert "style=bold" in render(models, edges, "dot")
+    assert "n0 -->|grow| n1" in render(models, edges, "mermaid")
+    assert 'n0["a-b.c<br/>roberta 2x64"]' in render(models, edges, "mermaid")
+    assert "n0 -> n1" in render(models, edges, "dot") and "style=bold" in render(
+        models, edges, "dot"
+    )
+
+
+def test_names_that_differ_only_in_punctuation_stay_apart() -> None:
+    """Ids made from names (g1-init, g1_init -> g1_init) merged two models into one node."""
+    models = [model("g1-init"), model("g1_init"), model("g2")]
+    edges = [edge("g1-init", "g2", "grow"), edge("g1_init", "g2", "ki")]
+    mermaid = render(models, edges, "mermaid").splitlines()
+    assert mermaid[1:4] == [
+        '  n0["g1-init<br/>roberta 2x64"]',
+        '  n1["g1_init<br/>roberta 2x64"]',
+        '  n2["g2<br/>roberta 2x64"]',
+    ]
+    assert mermaid[4:] == ["  n0 -->|grow| n2", "  n1 -.->|ki| n2"]
+    dot = render(models, edges, "dot")
+    assert '  n0 [label="g1-init\\nroberta 2x64"];' in dot
+    assert '  n1 [label="g1_init\\nroberta 2x64"];' in dot
+    assert "  n0 -> n2" in dot and "  n1 -> n2" in dot
+
+
+def test_quotes_and_backslashes_are_escaped() -> None:
+    name = 'say "hi" \\ <b>#1</b> & co'
+    models, edges = [model(name), model("d")], [edge(name, "d", "adapt")]
+    dot = render(models, edges, "dot")
+    assert '  n0 [label="say \\"hi\\" \\\\ <b>#1</b> & co\\nroberta 2x64"];' in dot
+    mermaid = render(models, edges, "mermaid")
+    assert (
+        '  n0["say #quot;hi#quot; \\ #lt;b#gt;#35;1#lt;/b#gt; #amp; co<br/>roberta 2x64"]'
+        in mermaid
+    )
+    assert "n0 -->|adapt| n1" in mermaid
+
+
+def test_edges_to_models_not_listed_still_get_their_own_node() -> None:
+    dot = render([model("a")], [edge("a", "outside", "adapt")], "dot")
+    assert '  n1 [label="outside"];' in dot and "  n0 -> n1" in dot
 
 
 def test_card_maps_kinds_onto_hub_relations() -> None:

@@ -40,28 +40,59 @@ def to_text(models: Sequence[Model], edges: Sequence[Edge]) -> str:
     return "\n".join(lines)
 
 
+def _node_ids(models: Sequence[Model], edges: Sequence[Edge]) -> dict[str, str]:
+    """Node ids n0, n1, … by first appearance: no two names can share one (``g1-init`` and
+    ``g1_init`` would, were ids made from names); the name goes into the label."""
+    ids: dict[str, str] = {}
+    for name in [*(m.name for m in models), *(n for e in edges for n in (e.parent, e.child))]:
+        ids.setdefault(name, f"n{len(ids)}")
+    return ids
+
+
+def _dot_text(text: str) -> str:
+    """``text`` inside a DOT double-quoted string: backslash and quote escaped, a newline as
+    DOT's ``\\n``."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def to_dot(models: Sequence[Model], edges: Sequence[Edge]) -> str:
+    ids, by_name = _node_ids(models, edges), {m.name: m for m in models}
     out = ["digraph lineage {", "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
-    for m in models:
-        out.append(f'  "{m.name}" [label="{m.name}\\n{m.family} {m.layers}x{m.d_model}"];')
+    for name, node in ids.items():
+        m = by_name.get(name)
+        shape = f"\\n{_dot_text(m.family)} {m.layers}x{m.d_model}" if m else ""
+        out.append(f'  {node} [label="{_dot_text(name)}{shape}"];')
     for e in edges:
         style = EDGE_STYLE.get(e.kind, "solid")
-        out.append(f'  "{e.parent}" -> "{e.child}" [label="{e.kind}", style={style}];')
+        out.append(
+            f'  {ids[e.parent]} -> {ids[e.child]} [label="{_dot_text(e.kind)}", style={style}];'
+        )
     out.append("}")
     return "\n".join(out)
 
 
-def _mermaid_id(name: str) -> str:
-    return "m_" + "".join(c if c.isalnum() else "_" for c in name)
+# Mermaid entity codes for what would end a quoted label or read as markup; "#" starts every
+# code, so it is replaced first.
+MERMAID_CODES = (("#", "#35;"), ('"', "#quot;"), ("&", "#amp;"), ("<", "#lt;"), (">", "#gt;"))
+
+
+def _mermaid_text(text: str) -> str:
+    """``text`` inside a quoted Mermaid label."""
+    for char, code in MERMAID_CODES:
+        text = text.replace(char, code)
+    return text
 
 
 def to_mermaid(models: Sequence[Model], edges: Sequence[Edge]) -> str:
+    ids, by_name = _node_ids(models, edges), {m.name: m for m in models}
     out = ["flowchart TD"]
-    for m in models:
-        out.append(f'  {_mermaid_id(m.name)}["{m.name}<br/>{m.family} {m.layers}x{m.d_model}"]')
+    for name, node in ids.items():
+        m = by_name.get(name)
+        shape = f"<br/>{_mermaid_text(m.family)} {m.layers}x{m.d_model}" if m else ""
+        out.append(f'  {node}["{_mermaid_text(name)}{shape}"]')
     for e in edges:
         arrow = "-.->" if e.kind == "ki" else "-->"
-        out.append(f"  {_mermaid_id(e.parent)} {arrow}|{e.kind}| {_mermaid_id(e.child)}")
+        out.append(f"  {ids[e.parent]} {arrow}|{_mermaid_text(e.kind)}| {ids[e.child]}")
     return "\n".join(out)
 
 
