@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python benchmarks/bench_profiles.py [--repeats 3]``. Single process, so
 MB/s is per core. Compares the exact ``Counter`` used by ``lineage.corpora.profiles`` (with and
-without document frequencies) against a hashing alternative (scikit-learn's HashingVectorizer, column
-sums of 2^20 buckets), which keeps no words and so could not name the top words anyway; then
-prints both proximity matrices (overlap of the top-10k words; Jaccard at min_df 1 and 3).
+without document frequencies) against a hashing alternative (scikit-learn's HashingVectorizer,
+column sums of 2^20 buckets), which keeps no words and so could not name the top words anyway;
+then prints both proximity matrices (overlap of the top-10k words; Jaccard at min_df 1 and 3).
 """
 
 from __future__ import annotations
