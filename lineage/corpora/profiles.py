@@ -25,7 +25,6 @@ import base64
 import hashlib
 import heapq
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -33,6 +32,8 @@ from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+
+from lineage.corpora.wordcounts import SEPARATOR, make_counts
 
 __all__ = [
     "STOPWORD_LISTS",
@@ -58,7 +59,8 @@ WORD_PATTERN = r"\b[^\W\d_]{2,}\b"
 Measure = Literal["tf", "df"]
 Proximity = Literal["overlap", "jaccard"]
 PROFILE_FORMAT = 1  # bump when to_dict's layout changes
-SEPARATOR = "\n\n"  # documents are hashed as the bundled corpora store them
+BLOCK_CHARS = 4_000_000  # documents are buffered and counted in blocks of about this size
+Engine = Literal["arrow", "regex"]
 STOPWORDS_FILE = "stopwords-sklearn-english.txt"  # scikit-learn's list, with its licence
 
 
@@ -206,7 +208,10 @@ class VocabularyProfile:
 class ProfileCounter:
     """The streaming accumulator behind ``profile_texts``: ``add`` documents, then ``profile``.
 
-    Holds the counters and a running sha256, never the documents.
+    Holds the word counts, a running sha256 and at most ``BLOCK_CHARS`` of buffered
+    documents, never the whole text. Documents are counted in blocks of many at a time
+    (``lineage.corpora.wordcounts``: pyarrow for the default word pattern, the reference
+    ``re.findall`` + ``Counter`` path for any other, or when ``engine="regex"``).
     """
 
     def __init__(
@@ -217,50 +222,82 @@ class ProfileCounter:
         stopwords: str = "sklearn-english",
         token_pattern: str = WORD_PATTERN,
         measure: Measure = "tf",
+        engine: Engine | None = None,
     ) -> None:
         if top_k < 1 or min_df < 1:
             raise ValueError("top_k and min_df must be >= 1")
         if measure not in ("tf", "df"):
             raise ValueError(f"measure must be 'tf' or 'df', not {measure!r}")
+        if engine not in (None, "arrow", "regex"):
+            raise ValueError(f"engine must be 'arrow' or 'regex', not {engine!r}")
+        if engine == "arrow" and token_pattern != WORD_PATTERN:
+            raise ValueError("the arrow engine counts WORD_PATTERN only")
         self._stop = stopword_list(stopwords)  # fails early on an unknown list name
         self.params: dict[str, Any] = {"top_k": top_k, "min_df": min_df, "stopwords": stopwords}
         self.params |= {"token_pattern": token_pattern, "measure": measure}
-        self._pattern = _compiled(token_pattern)
-        self._tf: Counter[str] = Counter()
+        fast = engine == "arrow" or (engine is None and token_pattern == WORD_PATTERN)
         # Document frequencies cost a set per document; skip them when nothing reads them.
-        self._df: Counter[str] | None = Counter() if min_df > 1 or measure == "df" else None
+        documents = min_df > 1 or measure == "df"
+        self._counts = make_counts(_compiled(token_pattern), fast=fast, documents=documents)
         self._sha = hashlib.sha256()
-        self.n_words = 0
+        self._buffer: list[str] = []
+        self._buffered = 0
         self.n_documents = 0
 
     def add(self, text: str) -> None:
-        """Count one document."""
-        words = self._pattern.findall(text.lower())
-        self._tf.update(words)
-        if self._df is not None:
-            self._df.update(set(words))
-        self.n_words += len(words)
+        """Count one document (buffered: counted with the next block)."""
+        self._buffer.append(text)
+        self._buffered += len(text)
+        if self._buffered >= BLOCK_CHARS:
+            self._flush()
+
+    def add_block(self, block: str, n_documents: int, *, count: bool = True) -> None:
+        """Count ``n_documents`` documents joined by a blank line (none holds a blank line).
+
+        ``count=False`` only advances the digest and the document count: for a counter that
+        takes its counts from others by ``merge`` (a domain from its shards).
+        """
+        self._flush()
+        self._digest(block, n_documents)
+        if count:
+            self._counts.add(block)
+
+    def merge(self, other: ProfileCounter) -> None:
+        """Add the word counts of ``other`` (same parameters); digests do not merge."""
+        if other.params != self.params or type(other._counts) is not type(self._counts):
+            raise ValueError("cannot merge counters built with different parameters")
+        other._flush()
+        self._flush()
+        self._counts.merge(other._counts)  # type: ignore[arg-type]  # same type, checked above
+
+    def _digest(self, text: str, n_documents: int) -> None:
         self._sha.update(((SEPARATOR if self.n_documents else "") + text).encode("utf-8"))
-        self.n_documents += 1
+        self.n_documents += n_documents
+
+    def _flush(self) -> None:
+        if self._buffer:
+            block = SEPARATOR.join(self._buffer)
+            self._digest(block, len(self._buffer))
+            self._counts.add(block, self._buffer)
+            self._buffer, self._buffered = [], 0
 
     def profile(self) -> VocabularyProfile:
         """The profile of everything added so far (the counter stays usable)."""
-        min_df = self.params["min_df"]
-        if self._df is None:  # min_df == 1: every counted word qualifies
-            kept = [w for w in self._tf if w not in self._stop]
-        else:
-            kept = [w for w, df in self._df.items() if df >= min_df and w not in self._stop]
-        freq = self._df if self.params["measure"] == "df" else self._tf
-        assert freq is not None
-        top = heapq.nsmallest(self.params["top_k"], kept, key=lambda w: (-freq[w], w))
+        self._flush()
+        chosen = self._counts.select(
+            self._stop,
+            top_k=self.params["top_k"],
+            min_df=self.params["min_df"],
+            by_df=self.params["measure"] == "df",
+        )
         sha = self._sha.copy()
         if self.n_documents:
             sha.update(b"\n")  # the final newline of the bundled files
         return VocabularyProfile(
-            top_words=tuple(top),
-            top_counts=tuple(freq[w] for w in top),
-            vocabulary=_word_hashes(kept),
-            n_words=self.n_words,
+            top_words=tuple(chosen.top_words),
+            top_counts=tuple(chosen.top_counts),
+            vocabulary=_word_hashes(chosen.kept),
+            n_words=chosen.n_words,
             n_documents=self.n_documents,
             digest=sha.hexdigest(),
             **self.params,
@@ -275,13 +312,15 @@ def profile_texts(
     stopwords: str = "sklearn-english",
     token_pattern: str = WORD_PATTERN,
     measure: Measure = "tf",
+    engine: Engine | None = None,
 ) -> VocabularyProfile:
     """Profile a stream of documents (each item one document), holding one at a time.
 
     ``top_k``: how many top words to keep (paper: 10k). ``min_df``: a word must occur in at
     least this many documents to count at all (top words and vocabulary). ``stopwords``: a
     name in ``STOPWORD_LISTS``. ``measure``: rank top words by occurrences ("tf", the
-    paper's "most frequent words") or by documents containing them ("df").
+    paper's "most frequent words") or by documents containing them ("df"). ``engine``:
+    see ``ProfileCounter`` (the default picks the fast one the pattern allows).
     """
     if isinstance(texts, str):  # a lone string would be profiled character by character
         raise TypeError("texts must be an iterable of documents, not one str")
@@ -291,6 +330,7 @@ def profile_texts(
         stopwords=stopwords,
         token_pattern=token_pattern,
         measure=measure,
+        engine=engine,
     )
     for text in texts:
         counter.add(text)
