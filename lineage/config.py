@@ -55,10 +55,13 @@ class DomainsConfig:
     valid_every: int = 200  # one document in this many goes to the valid split (paper 199:1)
     shard_mb: float = 0.5  # target size of a training text shard
     seed: int = 0  # seed of the deterministic train/valid split
+    min_valid_documents: int = 50  # valid keeps >= min(this, a tenth of the documents, 1)
 
     def __post_init__(self) -> None:
         if self.valid_every < 2:
             raise ValueError(f"valid_every must be >= 2, got {self.valid_every}")
+        if self.min_valid_documents < 1:
+            raise ValueError(f"min_valid_documents must be >= 1, got {self.min_valid_documents}")
         if self.shard_mb <= 0:
             raise ValueError(f"shard_mb must be > 0, got {self.shard_mb}")
 

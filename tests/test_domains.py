@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lineage.corpora.domains import (
     compute_proximity,
     domain_texts,
     is_valid,
+    shard_documents,
 )
 from lineage.errors import ConflictError, LineageError
 from lineage.workspace import Workspace
@@ -138,3 +140,83 @@ def test_bundled_domains_proximity_is_low_off_the_diagonal(ws: Workspace) -> Non
     off = [matrix[i, j] for i in range(3) for j in range(3) if i != j]
     assert all(0.05 < v < 0.4 for v in off), matrix
     assert ws.registry.latest_proximity("overlap") is not None
+
+
+# ---- the valid split is never empty ------------------------------------------------------
+
+
+def valid_and_train(ws: Workspace, name: str) -> tuple[list[str], list[str]]:
+    return list(domain_texts(ws, name, "valid")), list(domain_texts(ws, name, "train"))
+
+
+def test_small_domains_keep_a_floor_of_valid_documents(ws: Workspace, tmp_path: Path) -> None:
+    # 100 documents at 1 in 200: hashing alone holds out about 0.5 of a document
+    write_txt(tmp_path / "a.txt", DOCS[:100])
+    _, report = add_domain(ws, "a", [tmp_path / "a.txt"])
+    valid, train = valid_and_train(ws, "a")
+    assert report.valid_documents == len(valid) == 10  # min(50, a tenth of 100)
+    assert report.split.floor == 10 and report.split.topped_up == 10 - report.split.by_hash
+    assert sorted(valid + train) == sorted(DOCS[:100])
+    # the top-up is by content too: reordered and extended input holds out the same documents
+    write_txt(tmp_path / "b.txt", [*reversed(DOCS[:100])])
+    add_domain(ws, "b", [tmp_path / "b.txt"])
+    assert set(valid_and_train(ws, "b")[0]) == set(valid)
+    # the floor is configurable, and capped at a tenth of the documents
+    _, report = add_domain(ws, "c", [tmp_path / "a.txt"], min_valid=3)
+    assert report.valid_documents == 3
+    _, report = add_domain(ws, "d", [tmp_path / "a.txt"], min_valid=1000)
+    assert report.valid_documents == 10
+    stats = ws.registry.domain("a").stats
+    assert stats["split"]["floor"] == 10 and stats["min_valid_documents"] == 50
+
+
+def test_topped_up_shards_are_rewritten_consistently(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+    _, report = add_domain(ws, "a", [tmp_path / "a.txt"], shard_mb=0.001, valid_every=1000)
+    assert report.split.topped_up == 30 and report.valid_documents == 30
+    shards = ws.registry.shards("a")
+    names = [s.name for s in shards if s.split == "train"]
+    assert names == [f"train-{i:05d}" for i in range(len(names))]  # no gaps
+    for shard in shards:
+        data = Path(shard.path).read_bytes()
+        assert len(data) == shard.n_bytes and hashlib.sha256(data).hexdigest() == shard.digest
+        assert len(list(shard_documents(Path(shard.path)))) == shard.n_documents
+    assert sum(s.n_documents for s in shards) == 300
+
+
+def test_duplicates_move_to_valid_together(ws: Workspace, tmp_path: Path) -> None:
+    docs = [*DOCS[:40], *DOCS[:40], *DOCS[:40]]  # every document three times
+    write_txt(tmp_path / "a.txt", docs)
+    add_domain(ws, "a", [tmp_path / "a.txt"], valid_every=1000, min_valid=5)
+    valid, train = valid_and_train(ws, "a")
+    assert len(valid) >= 5 and not set(valid) & set(train)
+    assert all(valid.count(d) == 3 for d in valid)
+
+
+def test_one_long_document_holds_out_its_tail(ws: Workspace, tmp_path: Path) -> None:
+    text = "\n".join(f"line {i} of the only document, about ships and harbours" for i in range(400))
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    _, report = add_domain(ws, "one", [tmp_path / "one.txt"], documents="file")
+    (valid,), (train,) = valid_and_train(ws, "one")
+    assert report.split.tail_chars == len(valid) and "last" in report.split.describe()
+    assert train + "\n" + valid == text  # cut at a line break, nothing lost
+    assert len(text) // 10 <= len(valid) < len(text) // 10 + 100  # a tenth (< 20,000 chars)
+
+
+def test_too_small_to_hold_anything_out_is_refused(ws: Workspace, tmp_path: Path) -> None:
+    (tmp_path / "word.txt").write_text("antidisestablishmentarianism\n", encoding="utf-8")
+    with pytest.raises(LineageError, match="too small to hold anything out"):
+        add_domain(ws, "word", [tmp_path / "word.txt"])
+    assert ws.registry.domains() == [] and not (ws.domains_dir / "word").exists()
+
+
+def test_two_documents_and_all_valid_by_hash(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "two.txt", DOCS[:2])
+    _, report = add_domain(ws, "two", [tmp_path / "two.txt"])
+    assert (report.train_documents, report.valid_documents) == (1, 1)
+    # documents that all hash to valid at 1 in 2: the floor stays, the rest goes back to train
+    docs = [d for d in DOCS if is_valid(d, valid_every=2, seed=0)][:20]
+    write_txt(tmp_path / "valid.txt", docs)
+    _, report = add_domain(ws, "all-valid", [tmp_path / "valid.txt"], valid_every=2)
+    assert report.split.by_hash == 20 and report.split.moved_back == 18
+    assert (report.train_documents, report.valid_documents) == (18, 2)

@@ -1,41 +1,82 @@
-"""Corpora into domains: read sources, split train/valid deterministically, cut shards, profile.
+"""Domains: corpora read into a train/valid split of shard files, profiled and registered;
+replaced and removed.
 
 A domain's text lives in the workspace as plain UTF-8 shard files (documents separated by a
-blank line): ``domains/<name>/train-00000.txt ...`` and ``valid.txt``. Profiles are cached by
-content hash, so unchanged text is never profiled twice.
+blank line), ``domains/<name>/<version>/train-00000.txt ...`` and ``valid.txt``, where
+``version`` is derived from the shards' digests (``lineage.corpora.splits`` makes the split;
+``lineage.corpora.sources`` reads the corpora). Profiles are cached by content hash, so
+unchanged text is never profiled twice.
+
+Publishing, so that a kill at any point leaves the old state or the new one: files first, then
+rows. ``add`` streams into ``domains/<name>/.staging-*``, renames it to its version folder, and
+only then commits the registry rows that point at it (replacing the old domain's rows in the
+same transaction); the old version folder is deleted after the commit. ``remove`` commits the
+rows' removal first, then deletes the files. Registry rows therefore never point at missing
+files, and what a killed job leaves is a folder no row points at: every add, replace and
+remove of that name first deletes such leftovers (under a per-name lock file, so no two jobs
+change one domain at once).
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
+import fcntl
 import hashlib
-import io
 import json
+import os
 import re
+import shutil
 import tomllib
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from lineage.corpora.profiles import (
-    MEASURES,
-    ProfileCounter,
-    VocabularyProfile,
-    iter_documents,
-    proximity_matrix,
+from lineage.corpora.profiles import MEASURES, ProfileCounter, VocabularyProfile, proximity_matrix
+from lineage.corpora.sources import (
+    LAYOUTS,
+    Layout,
+    Source,
+    expand_sources,
+    layout_of,
+    normalise,
+    read_documents,
+    read_source,
 )
-from lineage.errors import ConflictError, LineageError
-from lineage.files import atomic_dir, atomic_write_text
-from lineage.registry.entities import Domain
+from lineage.corpora.splits import (
+    SplitOutcome,
+    SplitPolicy,
+    Splitter,
+    is_valid,
+    shard_documents,
+)
+from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.files import atomic_write_text
+from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
 
-SUPPORTED = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
-BLANK_LINES = re.compile(r"\n\s*\n")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+BLOCK_CHARS = 4_000_000  # shard text is profiled in blocks of about this many characters
+
+__all__ = [
+    "LAYOUTS",
+    "IngestReport",
+    "Removal",
+    "add_domain",
+    "bundled_domains",
+    "bundled_domains_dir",
+    "compute_proximity",
+    "domain_texts",
+    "expand_sources",
+    "is_valid",
+    "normalise",
+    "read_documents",
+    "remove_domain",
+    "shard_documents",
+]
 
 
 def bundled_domains_dir() -> Path:
@@ -50,9 +91,10 @@ def bundled_domains() -> list[str]:
 
 @dataclass
 class IngestReport:
-    """What ``add_domain`` read, kept and skipped."""
+    """What ``add_domain`` read, kept and skipped, and how each file was split."""
 
     files: list[str] = field(default_factory=list)
+    layouts: list[tuple[str, Layout]] = field(default_factory=list)  # (file, how it was read)
     documents: int = 0
     train_documents: int = 0
     valid_documents: int = 0
@@ -60,149 +102,16 @@ class IngestReport:
     words: int = 0
     skipped_empty_files: list[str] = field(default_factory=list)
     shards: int = 0
+    split: SplitOutcome = field(default_factory=SplitOutcome)
+    replaced: DomainUsage | None = None  # what the replaced domain took with it
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in sorted(SUPPORTED, key=len, reverse=True) if name.endswith(s)), "")
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove_domain`` removed: the registry's records, and the files deleted."""
 
-
-def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (searched recursively) and globs -> the supported files, sorted."""
-    found: list[Path] = []
-    for source in sources:
-        text = str(source)
-        if any(c in text for c in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            if not matches:
-                raise LineageError(f"{text}: the pattern matches no file")
-        else:
-            path = Path(text).expanduser()
-            if not path.exists():
-                raise LineageError(f"{path}: no such file or folder")
-            matches = sorted(path.rglob("*")) if path.is_dir() else [path]
-        for match in matches:
-            if match.is_file() and _suffix(match):
-                found.append(match.resolve())
-            elif match.is_file() and match.name != "card.toml" and not path_is_dir(source):
-                raise LineageError(
-                    f"{match}: unsupported file type (supported: {', '.join(SUPPORTED)})"
-                )
-    if not found:
-        raise LineageError(
-            f"no text files in {', '.join(map(str, sources))} ({', '.join(SUPPORTED)})"
-        )
-    return sorted(set(found))
-
-
-def path_is_dir(source: str | Path) -> bool:
-    return Path(str(source)).expanduser().is_dir()
-
-
-def _open_text(path: Path) -> IO[str]:
-    raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")  # noqa: SIM115 (closed with the wrapper)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
-
-
-def read_documents(path: Path, *, text_field: str = "text") -> Iterator[str]:
-    """The documents of one file; non-UTF-8 bytes and malformed records raise a LineageError."""
-    suffix = _suffix(path)
-    try:
-        if suffix == ".parquet":
-            yield from _parquet_documents(path, text_field)
-            return
-        with _open_text(path) as fh:
-            if suffix.startswith(".jsonl"):
-                yield from _jsonl_documents(fh, path, text_field)
-            else:
-                yield from iter_documents(fh)
-    except UnicodeDecodeError as exc:
-        raise LineageError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
-            "of a read block); convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from exc
-    except (OSError, EOFError) as exc:
-        raise LineageError(f"{path}: cannot read ({exc})") from exc
-
-
-def _jsonl_documents(fh: IO[str], path: Path, text_field: str) -> Iterator[str]:
-    for lineno, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LineageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise LineageError(f"{path}:{lineno}: no string field {text_field!r}")
-        yield record[text_field]
-
-
-def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises its own error types for a damaged file
-        raise LineageError(f"{path}: not a readable Parquet file ({exc})") from exc
-    if text_field not in parquet.schema_arrow.names:
-        raise LineageError(
-            f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names})"
-        )
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=4096):
-        for value in batch.column(0).to_pylist():
-            if isinstance(value, str):
-                yield value
-
-
-def normalise(document: str) -> str:
-    """Strip and fold inner blank lines, so a document survives the blank-line shard format."""
-    return BLANK_LINES.sub("\n", document.strip())
-
-
-def is_valid(document: str, *, valid_every: int, seed: int) -> bool:
-    """Deterministic split by content: stable when documents are added or reordered."""
-    digest = hashlib.blake2b(f"{seed}\0{document}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % valid_every == 0
-
-
-class _ShardWriter:
-    """Streams documents into ``train-NNNNN.txt`` files of about ``limit`` bytes each."""
-
-    def __init__(self, folder: Path, prefix: str, limit: int | None) -> None:
-        self.folder, self.prefix, self.limit = folder, prefix, limit
-        self.done: list[dict[str, Any]] = []
-        self._fh: IO[bytes] | None = None
-        self._sha = hashlib.sha256()
-        self._bytes = self._docs = 0
-
-    def _name(self) -> str:
-        return self.prefix if self.limit is None else f"{self.prefix}-{len(self.done):05d}"
-
-    def write(self, document: str) -> None:
-        if self._fh is None:
-            self._fh = (self.folder / f"{self._name()}.txt").open("wb")
-        data = (document + "\n\n").encode("utf-8")
-        self._fh.write(data)
-        self._sha.update(data)
-        self._bytes += len(data)
-        self._docs += 1
-        if self.limit is not None and self._bytes >= self.limit:
-            self.close()
-
-    def close(self) -> None:
-        if self._fh is None:
-            return
-        self._fh.close()
-        self.done.append(
-            {
-                "name": self._name(),
-                "n_bytes": self._bytes,
-                "n_documents": self._docs,
-                "digest": self._sha.hexdigest(),
-            }
-        )
-        self._fh, self._sha, self._bytes, self._docs = None, hashlib.sha256(), 0, 0
+    usage: DomainUsage | None  # None: no domain was registered, only leftover files went
+    files: list[str]
 
 
 def load_card(sources: Sequence[str | Path]) -> dict[str, Any]:
@@ -213,9 +122,51 @@ def load_card(sources: Sequence[str | Path]) -> dict[str, Any]:
     return {}
 
 
-def shard_documents(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as fh:
-        yield from iter_documents(fh)
+def _check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise LineageError(f"domain name {name!r}: use letters, digits, '_', '.', '-'")
+
+
+@contextmanager
+def domain_lock(ws: Workspace, name: str) -> Iterator[None]:
+    """Hold ``domains/.locks/<name>.lock`` (released by the kernel if the process dies)."""
+    folder = ws.domains_dir / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{name}.lock").open("a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConflictError(f"domain {name!r} is being changed by another job") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _current_folder(ws: Workspace, name: str) -> Path | None:
+    """The version folder the registry's shard rows point at (None: no such domain)."""
+    try:
+        shards = ws.registry.shards(name)
+    except NotFoundError:
+        return None
+    return Path(shards[0].path).parent if shards else None
+
+
+def clean_leftovers(ws: Workspace, name: str) -> list[str]:
+    """Delete what killed jobs left under ``domains/<name>/``: every folder no row points at."""
+    root = ws.domains_dir / name
+    if not root.is_dir():
+        return []
+    current = _current_folder(ws, name)
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if current is not None and entry.resolve() == current.resolve():
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        removed.append(str(entry))
+    if current is None:
+        root.rmdir()
+    return removed
 
 
 def add_domain(
@@ -225,91 +176,240 @@ def add_domain(
     *,
     description: str = "",
     text_field: str = "text",
+    documents: str = "auto",
     valid_every: int | None = None,
+    min_valid: int | None = None,
     shard_mb: float | None = None,
+    replace: bool = False,
+    force: bool = False,
+    progress: bool = False,
 ) -> tuple[Domain, IngestReport]:
-    """Read ``sources`` into a new domain: split, shards, profiles; registered in one transaction."""
-    if not NAME.match(name):
-        raise LineageError(f"domain name {name!r}: use letters, digits, '_', '.', '-'")
-    if any(d.name == name for d in ws.registry.domains()):
-        raise ConflictError(f"a domain named {name!r} is already registered")
+    """Read ``sources`` into a domain: split, shards, profiles, registered in one transaction.
+
+    ``documents``: how files split into documents (``LAYOUTS``; ``auto`` detects text
+    layouts). ``replace``: swap out a registered domain of that name (refused while plans,
+    caches or running jobs use it unless ``force``, which removes them with it).
+    """
+    _check_name(name)
+    if force and not replace:
+        raise LineageError("--force goes with --replace (it removes what uses the old domain)")
     cfg = ws.config.domains
-    valid_every = valid_every or cfg.valid_every
+    policy = SplitPolicy(
+        valid_every or cfg.valid_every, cfg.seed, min_valid or cfg.min_valid_documents
+    )
     limit = int((shard_mb or cfg.shard_mb) * 1_000_000)
-    files = expand_sources(sources)
+    if limit <= 0:
+        raise LineageError(f"shard_mb must be > 0, got {shard_mb}")
+    with domain_lock(ws, name):
+        clean_leftovers(ws, name)
+        exists = any(d.name == name for d in ws.registry.domains())
+        if exists and not replace:
+            raise ConflictError(
+                f"a domain named {name!r} is already registered (pass --replace to swap it out)"
+            )
+        if exists and not force and (usage := ws.registry.domain_usage(name)).in_use:
+            raise ConflictError(
+                f"domain {name!r} is in use by {usage.describe()}; pass --force to replace it "
+                "and remove them"
+            )
+        files = expand_sources(sources, documents)
+        report = IngestReport(files=[str(f.path) for f in files])
+        staging = ws.domains_dir / name / f".staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            domain = _ingest(ws, name, sources, files, staging, policy, limit, report, progress,
+                             description=description, text_field=text_field, documents=documents,
+                             replace=exists, force=force)  # fmt: skip
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            clean_leftovers(ws, name)  # an unreferenced version folder, or the replaced one
+        if report.replaced is not None:
+            _delete_files(ws, name, report.replaced, keep_shards=True)
+    return domain, report
+
+
+def _ingest(
+    ws: Workspace,
+    name: str,
+    sources: Sequence[str | Path],
+    files: list[Source],
+    staging: Path,
+    policy: SplitPolicy,
+    limit: int,
+    report: IngestReport,
+    progress: bool,
+    **options: Any,
+) -> Domain:
+    """Stream, split, profile, publish (files, then rows): the body of ``add_domain``."""
+    splitter = Splitter(staging, policy, limit)
+    _read_into(splitter, files, report, options["documents"], options["text_field"], progress)
+    report.split = splitter.finish()
+    if report.documents == 0:
+        raise LineageError(f"domain {name!r}: no documents in {', '.join(map(str, sources))}")
+    train, valid = splitter.train.done, splitter.valid.done
+    report.train_documents = sum(s["n_documents"] for s in train)
+    report.valid_documents = sum(s["n_documents"] for s in valid)
+    report.shards = len(train)
+    version = hashlib.sha256("".join(s["digest"] for s in train + valid).encode()).hexdigest()
+    final = ws.domains_dir / name / version[:16]
+    shards, profile = _profile_shards(ws, staging, final, train, valid, progress)
+    report.words = profile.n_words
+    if final.exists():  # the registered domain already holds exactly this text
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, final)
     card = load_card(sources)
-    report = IngestReport(files=[str(f) for f in files])
-    target = ws.domains_dir / name
-    with atomic_dir(target) as tmp:
-        train, valid = _ShardWriter(tmp, "train", limit), _ShardWriter(tmp, "valid", None)
-        for path in files:
+    with ws.registry.transaction() as reg:
+        if options["replace"]:
+            report.replaced = reg.remove_domain(name, force=options["force"])
+        return reg.add_domain(
+            name,
+            description=options["description"] or card.get("description", ""),
+            sources=[str(s) for s in sources],
+            card=card,
+            stats=_stats(report, policy, len(files)),
+            content_digest=profile.digest,
+            profile=profile.to_dict(),
+            shards=shards,
+        )
+
+
+def _read_into(
+    splitter: Splitter,
+    files: list[Source],
+    report: IngestReport,
+    documents: str,
+    text_field: str,
+    progress: bool,
+) -> None:
+    """Stream every file's documents, normalised, into the splitter (a bar over source bytes)."""
+    from tqdm.auto import tqdm
+
+    total = sum(f.path.stat().st_size for f in files)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="reading", disable=None if progress else True
+    ) as bar:
+        for source in files:
+            layout = layout_of(source, documents)
+            report.layouts.append((str(source.path), layout))
             before = report.documents
-            for document in map(normalise, read_documents(path, text_field=text_field)):
+            for raw in read_source(
+                source, layout.layout, text_field=text_field, progress=bar.update
+            ):
+                document = normalise(raw)
                 if not document:
                     continue
                 report.documents += 1
                 report.bytes += len(document.encode("utf-8"))
-                if is_valid(document, valid_every=valid_every, seed=cfg.seed):
-                    valid.write(document)
-                else:
-                    train.write(document)
+                splitter.add(document)
             if report.documents == before:
-                report.skipped_empty_files.append(str(path))
-        train.close()
-        valid.close()
-        if not train.done:
-            raise LineageError(f"domain {name!r}: no documents in {', '.join(map(str, sources))}")
-        report.train_documents = sum(s["n_documents"] for s in train.done)
-        report.valid_documents = sum(s["n_documents"] for s in valid.done)
-        report.shards = len(train.done)
-        shards, domain_profile = _profile_shards(ws, tmp, target, train.done, valid.done)
-        report.words = domain_profile.n_words
-        stats = {
-            "files": len(files),
-            "documents": report.documents,
-            "bytes": report.bytes,
-            "words": report.words,
-            "train_documents": report.train_documents,
-            "valid_documents": report.valid_documents,
-            "shards": report.shards,
-            "valid_every": valid_every,
-            "skipped_empty_files": report.skipped_empty_files,
-        }
-        domain = ws.registry.add_domain(
-            name,
-            description=description or card.get("description", ""),
-            sources=[str(s) for s in sources],
-            card=card,
-            stats=stats,
-            content_digest=domain_profile.digest,
-            profile=domain_profile.to_dict(),
-            shards=shards,
-        )
-    return domain, report
+                report.skipped_empty_files.append(str(source.path))
+
+
+def _stats(report: IngestReport, policy: SplitPolicy, n_files: int) -> dict[str, Any]:
+    layouts: dict[str, int] = {}
+    for _, layout in report.layouts:
+        layouts[layout.layout] = layouts.get(layout.layout, 0) + 1
+    return {
+        "files": n_files,
+        "documents": report.documents,
+        "bytes": report.bytes,
+        "words": report.words,
+        "train_documents": report.train_documents,
+        "valid_documents": report.valid_documents,
+        "shards": report.shards,
+        "valid_every": policy.valid_every,
+        "min_valid_documents": policy.min_valid,
+        "layouts": layouts,
+        "split": report.split.to_dict(),
+        "skipped_empty_files": report.skipped_empty_files,
+    }
+
+
+def remove_domain(ws: Workspace, name: str, *, force: bool = False) -> Removal:
+    """Remove a domain: its registry rows (refused while in use, unless ``force``), then its
+    shards, token blocks and (with ``force``) the logit caches built on it. With no such
+    domain registered, only what a killed job left behind is deleted (or NotFoundError)."""
+    _check_name(name)
+    with domain_lock(ws, name):
+        if not any(d.name == name for d in ws.registry.domains()):
+            leftovers = clean_leftovers(ws, name)
+            if not leftovers:
+                ws.registry.domain(name)  # raises NotFoundError with the registered names
+            return Removal(None, leftovers)
+        usage = ws.registry.remove_domain(name, force=force)
+        return Removal(usage, _delete_files(ws, name, usage, keep_shards=False))
+
+
+def _delete_files(ws: Workspace, name: str, usage: DomainUsage, *, keep_shards: bool) -> list[str]:
+    """Files of removed records: caches (inside the workspace), token blocks, shards."""
+    deleted = []
+    for cache in map(Path, usage.caches):
+        if cache.is_dir() and cache.resolve().is_relative_to(ws.root.resolve()):
+            shutil.rmtree(cache)
+            deleted.append(str(cache))
+    for blocks in sorted(ws.data_dir.glob(f"*/*/{name}")):  # data/<tokenizer>/<block size>/
+        shutil.rmtree(blocks)
+        deleted.append(str(blocks))
+    if not keep_shards:
+        deleted += clean_leftovers(ws, name)
+    return deleted
+
+
+def text_blocks(path: Path, size: int = BLOCK_CHARS) -> Iterator[tuple[str, int]]:
+    """A shard file as (block, documents in it): whole documents joined by a blank line."""
+    rest = ""
+    with path.open(encoding="utf-8") as fh:
+        while chunk := fh.read(size):
+            data = rest + chunk
+            cut = data.rfind("\n\n")
+            if cut < 0:
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut + 2 :]
+            if block:
+                yield block, block.count("\n\n") + 1
+    if rest.strip("\n"):
+        yield rest.strip("\n"), rest.strip("\n").count("\n\n") + 1
 
 
 def _profile_shards(
-    ws: Workspace, tmp: Path, target: Path, train: list[dict[str, Any]], valid: list[dict[str, Any]]
+    ws: Workspace,
+    staging: Path,
+    final: Path,
+    train: list[dict[str, Any]],
+    valid: list[dict[str, Any]],
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], VocabularyProfile]:
-    """Profile each shard (cached by digest) and the whole train split in one pass over the text."""
+    """Profile each shard (cached by digest) and the train split; each shard's text is counted
+    once, and the train split's counts are the sum of its shards'."""
+    from tqdm.auto import tqdm
+
     params = _profile_params(ws)
     whole = ProfileCounter(**params)
     rows = []
-    for split, done in (("train", train), ("valid", valid)):
-        for shard in done:
-            path = tmp / f"{shard['name']}.txt"
-            cached = _cached_profile(ws, shard["digest"], params)
-            counter = None if cached is not None else ProfileCounter(**params)
-            for document in shard_documents(path):
-                if split == "train":
-                    whole.add(document)
-                if counter is not None:
-                    counter.add(document)
-            profile = cached or _store_profile(ws, shard["digest"], params, counter)
-            rows.append(
-                shard
-                | {"split": split, "path": str(target / path.name), "profile": profile.to_dict()}
-            )
+    total = sum(s["n_bytes"] for s in train + valid)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="profiling", disable=None if progress else True
+    ) as bar:
+        for split, done in (("train", train), ("valid", valid)):
+            for shard in done:
+                path = staging / f"{shard['name']}.txt"
+                cached = _cached_profile(ws, shard["digest"], params)
+                counter = None if cached is not None else ProfileCounter(**params)
+                for block, n in text_blocks(path):
+                    if counter is not None:
+                        counter.add_block(block, n)
+                    if split == "train":
+                        whole.add_block(block, n, count=counter is None)
+                    bar.update(len(block.encode("utf-8")) + 2 * n)
+                if counter is not None and split == "train":
+                    whole.merge(counter)
+                profile = cached or _store_profile(ws, shard["digest"], params, counter)
+                rows.append(
+                    shard
+                    | {"split": split, "path": str(final / path.name), "profile": profile.to_dict()}
+                )
     return rows, whole.profile()
 
 

@@ -132,6 +132,38 @@ class Cache(_Record):
 
 
 @dataclass(frozen=True)
+class DomainUsage(_Record):
+    """What refers to a domain: ``plans``, ``caches`` (their paths) and running jobs (``runs``,
+    ids) hold it in use; ``evaluations`` and ``shards`` go with it; ``models`` trained on it
+    keep its name in their history."""
+
+    domain: str
+    plans: list[str]
+    caches: list[str]
+    runs: list[int]
+    evaluations: int
+    shards: int
+    models: list[str]
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.plans or self.caches or self.runs)
+
+    def describe(self) -> str:
+        """``3 plans (a, b, c), 2 caches, 1 running job``: what holds the domain in use."""
+        parts = []
+        if self.plans:
+            parts.append(f"{len(self.plans)} plan(s) ({', '.join(self.plans)})")
+        if self.caches:
+            parts.append(f"{len(self.caches)} logit cache(s)")
+        if self.runs:
+            parts.append(
+                f"{len(self.runs)} running job(s) (run ids {', '.join(map(str, self.runs))})"
+            )
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Related(_Record):
     """A model reached by a lineage query, with its distance in edges."""
 

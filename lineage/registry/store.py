@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,13 +26,17 @@ from lineage.registry.ancestry import (
 )
 from lineage.registry.db import (
     EDGE_KINDS,
+    CacheRow,
     DomainRow,
     EdgeRow,
     EvaluationRow,
     ModelRow,
+    PlanRow,
+    RunRow,
     ShardRow,
     TokenizerRow,
     make_engine,
+    utcnow,
 )
 from lineage.registry.modelinfo import ModelInfo
 from lineage.registry.records import RecordsMixin
@@ -347,12 +351,74 @@ class Registry(RecordsMixin):
                 query = query.where(ShardRow.split == split)
             return [_shard(r, d) for r, d in s.execute(query)]
 
+    def domain_usage(self, name: str) -> E.DomainUsage:
+        """What refers to domain ``name`` (see ``DomainUsage``)."""
+        with self._read() as s:
+            return _usage(s, _domain_row(s, name))
+
+    def remove_domain(self, name: str, *, force: bool = False) -> E.DomainUsage:
+        """Remove a domain with its shards and evaluations, in one transaction.
+
+        Refused while plans, logit caches or running jobs use it, unless ``force``: then its
+        plans and cache records go too and its running jobs are marked failed. Returns what it
+        removed; the caller deletes the files (shards, caches).
+        """
+        with self._write() as s:
+            row = _domain_row(s, name)
+            usage = _usage(s, row)
+            if usage.in_use and not force:
+                raise ConflictError(
+                    f"domain {name!r} is in use by {usage.describe()}; pass --force to remove "
+                    "them with it"
+                )
+            s.execute(delete(PlanRow).where(PlanRow.name.in_(usage.plans)))
+            s.execute(delete(CacheRow).where(CacheRow.domain_id == row.id))
+            for run in s.scalars(select(RunRow).where(RunRow.id.in_(usage.runs))):
+                run.status, run.ended_at = "failed", utcnow()
+                run.error = f"domain {name!r} was removed while this job used it"
+            s.execute(delete(EvaluationRow).where(EvaluationRow.domain_id == row.id))
+            s.execute(delete(ShardRow).where(ShardRow.domain_id == row.id))
+            s.delete(row)
+            s.flush()  # before a replacement row of the same name is inserted
+            return usage
+
     def set_shard_profile(self, shard_id: int, profile: dict[str, Any]) -> None:
         with self._write() as s:
             row = s.get(ShardRow, shard_id)
             if row is None:
                 raise NotFoundError(f"no shard with id {shard_id}")
             row.profile = profile
+
+
+def _mentions(config: dict[str, Any], domain: str) -> bool:
+    """Whether a job's configuration names ``domain`` (train, adapt, cache, grow jobs)."""
+    named = [config.get("sample_domain"), config.get("domain")]
+    for key in ("domains", "replay_domains"):
+        value = config.get(key)
+        named += value if isinstance(value, list) else []
+    return domain in named
+
+
+def _usage(s: Session, row: DomainRow) -> E.DomainUsage:
+    plans = [p.name for p in s.scalars(select(PlanRow)) if row.name in p.spec.get("domains", [])]
+    caches = list(s.scalars(select(CacheRow.path).where(CacheRow.domain_id == row.id)))
+    running = s.scalars(select(RunRow).where(RunRow.status == "running"))
+    models = [m.name for m in s.scalars(select(ModelRow)) if row.name in (m.domains or [])]
+    return E.DomainUsage(
+        domain=row.name,
+        plans=sorted(plans),
+        caches=sorted(caches),
+        runs=[r.id for r in running if _mentions(r.config or {}, row.name)],
+        evaluations=s.scalar(
+            select(func.count()).select_from(EvaluationRow).where(EvaluationRow.domain_id == row.id)
+        )
+        or 0,
+        shards=s.scalar(
+            select(func.count()).select_from(ShardRow).where(ShardRow.domain_id == row.id)
+        )
+        or 0,
+        models=sorted(models),
+    )
 
 
 __all__ = ["Registry"]
