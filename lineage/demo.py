@@ -225,6 +225,7 @@ def step_growth(st: DemoState) -> None:
         sample_domain=GENERAL,
         block_size=c.block_size,
     )
+    assert report.source_eval is not None and report.grown_eval is not None  # a domain was given
     st.summary["growth"] = {
         "source_ppl": round(report.source_eval.ppl, 2),
         "grown_ppl": round(report.grown_eval.ppl, 2),

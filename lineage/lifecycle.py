@@ -154,11 +154,21 @@ class GrowthReport:
     source: str  # the registered model grown from
     grown: str  # the new model's name
     record: GrowthRecord  # maps, shapes, method, seed (also saved as growth.json)
-    domain: str  # whose valid blocks were scored
-    source_eval: EvalResult  # the source on that sample
-    grown_eval: EvalResult  # the grown model on the same sample, before any training
+    domain: str | None  # whose valid blocks were scored (None: not scored, see `unscored`)
+    source_eval: EvalResult | None  # the source on that sample
+    grown_eval: EvalResult | None  # the grown model on the same sample, before any training
+    unscored: str = ""  # why it was not scored
 
     def to_dict(self) -> dict[str, Any]:
+        scores: dict[str, Any] = {"domain": self.domain, "unscored": self.unscored or None}
+        if self.source_eval is not None and self.grown_eval is not None:
+            scores |= {
+                "source_loss": self.source_eval.loss,
+                "source_ppl": self.source_eval.ppl,
+                "grown_loss": self.grown_eval.loss,
+                "grown_ppl": self.grown_eval.ppl,
+                "n_tokens": self.grown_eval.n_tokens,
+            }
         return {
             "source": self.source,
             "grown": self.grown,
@@ -166,13 +176,7 @@ class GrowthReport:
             "seed": self.record.seed,
             "source_shape": self.record.source_shape,
             "target_shape": self.record.target_shape,
-            "domain": self.domain,
-            "source_loss": self.source_eval.loss,
-            "source_ppl": self.source_eval.ppl,
-            "grown_loss": self.grown_eval.loss,
-            "grown_ppl": self.grown_eval.ppl,
-            "n_tokens": self.grown_eval.n_tokens,
-        }
+        } | scores
 
 
 def growth_edge_params(record: GrowthRecord) -> dict[str, Any]:
@@ -216,8 +220,9 @@ def grow_workspace_model(
     The grown model is saved atomically under ``models/<new>`` (safetensors, the source's
     tokenizer, growth.json), registered with the source's domains and a ``grow`` edge, and
     scored against the source on the valid blocks of ``sample_domain`` (default: the source's
-    first domain; at most ``max_blocks`` blocks); both scores are stored as evaluations at
-    step 0. Bad input raises LineageError before anything is written.
+    first domain still registered; at most ``max_blocks`` blocks); both scores are stored as
+    evaluations at step 0. With no such domain the model is grown and registered unscored, and
+    the report says why. Bad input raises LineageError before anything is written.
     """
     reg = ws.registry
     src = reg.model(source)
@@ -226,10 +231,10 @@ def grow_workspace_model(
     out = ws.models_dir / new
     if out.exists():
         raise ConflictError(f"{out} already exists; choose another name")
-    domain = sample_domain or (src.domains[0] if src.domains else None)
-    if domain is None:
-        raise LineageError(f"{source!r} was trained on no registered domain: pass a domain")
-    reg.domain(domain)
+    registered = {d.name for d in reg.domains()}
+    if sample_domain is not None:
+        reg.domain(sample_domain)  # a named domain must exist
+    domain = sample_domain or next((d for d in src.domains if d in registered), None)
     params = {
         "source": source,
         "method": method,
@@ -249,15 +254,16 @@ def grow_workspace_model(
         except BaseException:
             remove_unregistered(reg, new, out)
             raise
-        tracker.log_metrics(
-            {
-                "source_loss": report.source_eval.loss,
-                "grown_loss": report.grown_eval.loss,
-                "source_ppl": report.source_eval.ppl,
-                "grown_ppl": report.grown_eval.ppl,
-            },
-            step=0,
-        )
+        if report.source_eval is not None and report.grown_eval is not None:
+            tracker.log_metrics(
+                {
+                    "source_loss": report.source_eval.loss,
+                    "grown_loss": report.grown_eval.loss,
+                    "source_ppl": report.source_eval.ppl,
+                    "grown_ppl": report.grown_eval.ppl,
+                },
+                step=0,
+            )
         rec.succeed(model.name)
     return model, report
 
@@ -286,12 +292,16 @@ def _grow(
         method=method,
         seed=seed,
     )
-    blocks = valid_blocks(ws, domain, Path(src.path), block_size, max_blocks)
-    info = TokenizerInfo.of(load_tokenizer(Path(src.path)))
-    scores = [
-        evaluate(m, blocks, objective=src.objective, batch_size=16, tokenizer=info, device=device)
-        for m in (lm, grown)
-    ]
+    scores: list[EvalResult] = []
+    if domain is not None:
+        blocks = valid_blocks(ws, domain, Path(src.path), block_size, max_blocks)
+        info = TokenizerInfo.of(load_tokenizer(Path(src.path)))
+        scores = [
+            evaluate(
+                m, blocks, objective=src.objective, batch_size=16, tokenizer=info, device=device
+            )
+            for m in (lm, grown)
+        ]
     with atomic_dir(out) as tmp:
         grown.save_pretrained(str(tmp))  # safetensors
         copy_tokenizer_files(Path(src.path), tmp)
@@ -306,10 +316,10 @@ def _grow(
             description=f"{method.upper()} growth of {src.name} to {shape} (seed {seed})",
         )
         reg.add_edge(src.name, new, "grow", params=growth_edge_params(record), mlflow_run_id=run_id)
-        for name, score in ((src.name, scores[0]), (new, scores[1])):
+        for name, score in zip((src.name, new), scores, strict=False):
             reg.add_evaluation(
                 name,
-                domain,
+                domain,  # type: ignore[arg-type]  # scores exist only with a domain
                 loss=score.loss,
                 ppl=score.ppl,
                 n_tokens=score.n_tokens,
@@ -317,6 +327,13 @@ def _grow(
                 mlflow_run_id=run_id,
             )
     ws.write_model_card(new)
+    if not scores:
+        why = (
+            f"{src.name!r} was trained on no registered domain"
+            if not src.domains
+            else f"none of {src.name!r}'s domains ({', '.join(src.domains)}) is registered"
+        )
+        return model, GrowthReport(src.name, new, record, None, None, None, why)
     return model, GrowthReport(src.name, new, record, domain, scores[0], scores[1])
 
 

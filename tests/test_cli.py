@@ -77,3 +77,24 @@ def test_errors_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert json.loads(run("model", "list", "--json")) == []
     (Path(ws) / "lineage.toml").write_text("[registry]\nurl = 3\n")
     assert "registry.url must be str" in run("model", "list", code=1)
+
+
+def test_domain_add_says_how_it_split_and_remove_says_what_went(tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    run("init", ws)
+    legal = tmp_path / "legal.txt"
+    lines = [
+        f"Clause {i}: the tenant shall keep the premises number {i} in good repair."
+        for i in range(60)
+    ]
+    legal.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = run("-w", ws, "domain", "add", "legal", str(legal))
+    assert "legal.txt: one document per line (no blank lines; 60 lines" in out
+    assert "--documents" in out and "60 documents" in out and "valid 6 " in out
+    assert "--replace" in run("-w", ws, "domain", "add", "legal", str(legal), code=1)
+    out = run("-w", ws, "domain", "add", "legal", str(legal), "--replace", "--documents", "file")
+    assert "Replaced domain legal: removed 2 shard(s)" in out and "characters held out" in out
+    data = json.loads(run("-w", ws, "domain", "remove", "legal", "--json"))
+    assert data["removed"]["shards"] == 2 and data["files"]
+    assert "no domain named 'legal'" in run("-w", ws, "domain", "remove", "legal", code=1)
+    assert json.loads(run("-w", ws, "domain", "list", "--json")) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from lineage.corpora.domains import (
     compute_proximity,
     domain_texts,
     is_valid,
+    remove_domain,
     shard_documents,
 )
-from lineage.errors import ConflictError, LineageError
+from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.workspace import Workspace
 
 DOCS = [f"document {i} about cats and dogs and the garden number {i}" for i in range(300)]
@@ -220,3 +222,141 @@ def test_two_documents_and_all_valid_by_hash(ws: Workspace, tmp_path: Path) -> N
     _, report = add_domain(ws, "all-valid", [tmp_path / "valid.txt"], valid_every=2)
     assert report.split.by_hash == 20 and report.split.moved_back == 18
     assert (report.train_documents, report.valid_documents) == (18, 2)
+
+
+# ---- remove and replace --------------------------------------------------------------------
+
+
+def _register_model(ws: Workspace, make_model_dir: Callable[..., Path], name: str) -> None:
+    from lineage.registry.modelinfo import read_model_info
+
+    path = make_model_dir(name)
+    ws.registry.add_model(name, str(path), read_model_info(path), domains=["a"])
+
+
+def _in_use(ws: Workspace, make_model_dir: Callable[..., Path]) -> Path:
+    """Domain 'a' with an evaluation, a plan, a logit cache (a folder) and a running job."""
+    _register_model(ws, make_model_dir, "m")
+    reg = ws.registry
+    reg.add_evaluation("m", "a", loss=1.0, ppl=2.7)
+    reg.add_plan("m-a", "m", {"domains": ["a"]})
+    cache = ws.caches_dir / "m" / "a-train-00000"
+    cache.mkdir(parents=True)
+    (cache / "manifest.json").write_text("{}")
+    reg.add_cache(str(cache), "m", 10, {}, "a")
+    reg.start_run("train", config={"domains": ["a"], "replay_domains": []})
+    reg.start_run("train", config={"domains": ["other"]})  # not about 'a'
+    return cache
+
+
+def test_remove_a_domain_and_its_files(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+    add_domain(ws, "a", [tmp_path / "a.txt"])
+    blocks = ws.data_dir / "fingerprint" / "128" / "a"
+    blocks.mkdir(parents=True)
+    (blocks / "train-00000-x.npy").write_bytes(b"")
+    removal = remove_domain(ws, "a")
+    assert removal.usage is not None and removal.usage.shards == 2
+    assert ws.registry.domains() == [] and ws.registry.shards() == []
+    assert not (ws.domains_dir / "a").exists() and not blocks.exists()
+    with pytest.raises(NotFoundError, match="no domain named 'a'"):
+        remove_domain(ws, "a")
+    add_domain(ws, "a", [tmp_path / "a.txt"])  # the name is free again
+
+
+def test_remove_is_refused_while_in_use_and_forced_removes_the_users(
+    ws: Workspace, tmp_path: Path, make_model_dir: Callable[..., Path]
+) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+    add_domain(ws, "a", [tmp_path / "a.txt"])
+    cache = _in_use(ws, make_model_dir)
+    with pytest.raises(ConflictError, match=r"in use by 1 plan\(s\) \(m-a\), 1 logit cache"):
+        remove_domain(ws, "a")
+    assert ws.registry.domain("a") and len(ws.registry.shards("a")) == 2 and cache.is_dir()
+    removal = remove_domain(ws, "a", force=True)
+    usage = removal.usage
+    assert usage is not None and usage.plans == ["m-a"] and usage.caches == [str(cache)]
+    assert usage.evaluations == 1 and usage.models == ["m"] and len(usage.runs) == 1
+    assert str(cache) in removal.files and not cache.exists()
+    reg = ws.registry
+    assert reg.plans() == [] and reg.caches() == [] and reg.evaluations() == []
+    runs = {r.config["domains"][0]: r for r in reg.runs()}
+    assert runs["a"].status == "failed" and "domain 'a' was removed" in (runs["a"].error or "")
+    assert runs["other"].status == "running"
+    assert reg.model("m").domains == ["a"]  # the model keeps its history
+
+
+def test_rerun_cleans_what_a_killed_job_left(ws: Workspace, tmp_path: Path) -> None:
+    # a kill -9 after the rename and before the commit, or after a removal's commit
+    dead = ws.domains_dir / "a" / "0123456789abcdef"
+    dead.mkdir(parents=True)
+    (dead / "train-00000.txt").write_text("half a domain\n\n")
+    (ws.domains_dir / "a" / ".staging-deadbeef").mkdir()
+    removal = remove_domain(ws, "a")
+    assert removal.usage is None and len(removal.files) == 2
+    assert not (ws.domains_dir / "a").exists()
+    dead.mkdir(parents=True)
+    write_txt(tmp_path / "a.txt", DOCS)
+    add_domain(ws, "a", [tmp_path / "a.txt"])  # an add cleans them too
+    assert [p.name for p in (ws.domains_dir / "a").iterdir()] == [
+        Path(ws.registry.shards("a")[0].path).parent.name
+    ]
+
+
+def test_a_failed_commit_leaves_nothing(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_txt(tmp_path / "a.txt", DOCS)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise LineageError("registry down")
+
+    monkeypatch.setattr(type(ws.registry), "add_domain", refuse)
+    with pytest.raises(LineageError, match="registry down"):
+        add_domain(ws, "a", [tmp_path / "a.txt"])
+    assert not (ws.domains_dir / "a").exists()
+
+
+def test_replace_swaps_the_text_and_keeps_the_old_on_failure(
+    ws: Workspace, tmp_path: Path, make_model_dir: Callable[..., Path]
+) -> None:
+    write_txt(tmp_path / "old.txt", DOCS[:150])
+    write_txt(tmp_path / "new.txt", DOCS[150:])
+    add_domain(ws, "a", [tmp_path / "old.txt"])
+    old_folder = Path(ws.registry.shards("a")[0].path).parent
+    with pytest.raises(ConflictError, match="--replace"):
+        add_domain(ws, "a", [tmp_path / "new.txt"])
+    with pytest.raises(LineageError, match="--force goes with --replace"):
+        add_domain(ws, "a", [tmp_path / "new.txt"], force=True)
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(LineageError, match="not UTF-8"):
+        add_domain(ws, "a", [tmp_path / "bad.txt"], replace=True)
+    assert set(domain_texts(ws, "a", "train")) | set(domain_texts(ws, "a", "valid")) == set(
+        DOCS[:150]
+    )
+    _, report = add_domain(ws, "a", [tmp_path / "new.txt"], replace=True)
+    assert report.replaced is not None and report.replaced.shards == 2
+    texts = set(domain_texts(ws, "a", "train")) | set(domain_texts(ws, "a", "valid"))
+    assert texts == set(DOCS[150:]) and not old_folder.exists()
+    assert [d.name for d in ws.registry.domains()] == ["a"]
+    # in use: refused without --force, and nothing changes
+    cache = _in_use(ws, make_model_dir)
+    with pytest.raises(ConflictError, match="pass --force"):
+        add_domain(ws, "a", [tmp_path / "old.txt"], replace=True)
+    assert ws.registry.plans() and cache.exists()
+    _, report = add_domain(ws, "a", [tmp_path / "old.txt"], replace=True, force=True)
+    assert report.replaced is not None and report.replaced.plans == ["m-a"]
+    assert ws.registry.plans() == [] and not cache.exists()
+    # the same text again: the same version folder, kept
+    folder = Path(ws.registry.shards("a")[0].path).parent
+    add_domain(ws, "a", [tmp_path / "old.txt"], replace=True)
+    assert Path(ws.registry.shards("a")[0].path).parent == folder and folder.is_dir()
+
+
+def test_one_job_per_domain_at_a_time(ws: Workspace, tmp_path: Path) -> None:
+    from lineage.corpora.domains import domain_lock
+
+    write_txt(tmp_path / "a.txt", DOCS)
+    with domain_lock(ws, "a"), pytest.raises(ConflictError, match="being changed by another"):
+        add_domain(ws, "a", [tmp_path / "a.txt"])
+    add_domain(ws, "a", [tmp_path / "a.txt"])

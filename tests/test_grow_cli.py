@@ -178,3 +178,29 @@ def test_grown_model_learns_from_its_source_by_ki(family_ws: Workspace) -> None:
     assert kinds == {("grown", "adapt"), ("teacher-lit", "ki")}
     ancestors = {r.name for r in reg.ancestors("grown-ki")}
     assert ancestors == {"grown", "teacher-lit"}
+
+
+def test_grow_without_a_domain_grows_registers_and_says_it_did_not_score(
+    family_ws: Workspace,
+) -> None:
+    root = str(family_ws.root)
+    assert family_ws.registry.model("student").domains == []  # trained on nothing yet
+    family_ws.close()
+    args = ["-w", root, "grow", "student", "student-big", "--layers", "3", "--hidden", "96"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "not scored" in result.output and "trained on no registered domain" in result.output
+    result = runner.invoke(app, [*args[:4], "student-big2", *args[5:], "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["domain"] is None and "no registered domain" in data["unscored"]
+    assert "grown_loss" not in data and data["model"]["layers"] == 3
+    with Workspace.open(root) as ws:
+        assert {e.kind for e in ws.registry.edges("student-big")} == {"grow"}
+        assert [e for e in ws.registry.evaluations() if e.model.startswith("student")] == []
+        # a named domain still scores; an unknown one is refused before anything is written
+        _, report = grow(ws, "scored", sample_domain="cs")
+        assert report.domain == "cs" and report.grown_eval is not None
+        with pytest.raises(LineageError, match="no domain named 'nope'"):
+            grow(ws, "never", sample_domain="nope")
+        assert not ws.registry.has_model("never")

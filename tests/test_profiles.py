@@ -231,3 +231,50 @@ def test_bundled_domains_are_far_apart(bundled: dict[str, VocabularyProfile]) ->
     assert {"mr", "mrs", "miss"} <= set(bundled["literature"].top_words[:10])
     assert {"python", "function", "class"} <= set(bundled["cs"].top_words[:10])
     assert {"cell", "protein", "activity"} <= set(bundled["bio"].top_words[:10])
+
+
+# --- the fast counting engine equals the reference ------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_profiles_equal_the_reference_byte_for_byte(name: str) -> None:
+    """pyarrow counting (the default) against the regex + Counter path (the profiles of
+    before): the same JSON, vocabulary hashes included, at min_df 1 and 3 and by df."""
+    docs = list(bundled_documents(name))
+    for params in ({}, {"min_df": 3}, {"measure": "df", "top_k": 2000}):
+        fast = profile_texts(docs, **params)  # type: ignore[arg-type]
+        reference = profile_texts(docs, engine="regex", **params)  # type: ignore[arg-type]
+        assert json.dumps(fast.to_dict()) == json.dumps(reference.to_dict()), params
+
+
+def test_fast_engine_handles_what_ascii_splitting_cannot() -> None:
+    """Non-ASCII letters, curly quotes, non-breaking spaces, final sigma, digits, underscores,
+    the same word from several tokens, and document frequencies across them."""
+    docs = [
+        "Café café CAFÉ naïve’s d’Artagnan don’t don",
+        "ΟΔΟΣ οδός x2 __init__ snake_case 3rd wörd\u00a0wörd",
+        "don't do it; ½ⅻ half",
+        "",
+        "\u2028line\u2029sep\x0cform",
+    ]
+    for params in ({}, {"min_df": 2}, {"measure": "df"}):
+        fast = profile_texts(docs, stopwords="none", **params)  # type: ignore[arg-type]
+        reference = profile_texts(docs, stopwords="none", engine="regex", **params)  # type: ignore[arg-type]
+        assert fast == reference, params
+        assert fast.n_words == reference.n_words > 0
+    assert profile_texts(docs, stopwords="none", measure="df").top_counts[0] == 2  # don: 2 docs
+
+
+def test_counters_merge_and_take_blocks() -> None:
+    from lineage.corpora.profiles import ProfileCounter
+
+    docs = random_docs("abcdefgh", 300, seed=5)
+    whole = ProfileCounter(min_df=2)
+    halves = [ProfileCounter(min_df=2), ProfileCounter(min_df=2)]
+    for half, part in zip(halves, (docs[:150], docs[150:]), strict=True):
+        half.add_block("\n\n".join(part), len(part))
+        whole.add_block("\n\n".join(part), len(part), count=False)
+        whole.merge(half)
+    assert whole.profile() == profile_texts(docs, min_df=2)
+    with pytest.raises(ValueError, match="different parameters"):
+        whole.merge(ProfileCounter(min_df=3))

@@ -31,14 +31,20 @@ def grow(
     seed: Annotated[int, typer.Option(help="Seed of the unit maps (and copy's random init).")] = 0,
     domain: Annotated[
         str | None,
-        typer.Option("--domain", "-d", help="Score on this domain (default: the source's first)."),
+        typer.Option(
+            "--domain",
+            "-d",
+            help="Score on this domain (default: the source's first registered one; none: "
+            "grow unscored).",
+        ),
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per scored block.")] = DEFAULT_BLOCK_SIZE,
     max_blocks: Annotated[int, typer.Option(help="Score at most this many valid blocks.")] = 64,
     as_json: JsonOption = False,
 ) -> None:
     """Grow SOURCE into NEW: wider by FPI/AKI/DirectCopy, deeper by stacking; register it with
-    a grow edge and score both on a domain sample (FPI should keep the source's loss)."""
+    a grow edge and score both on a domain sample when there is one (FPI should keep the
+    source's loss)."""
     from lineage.lifecycle import grow_workspace_model
 
     if method not in METHODS:
@@ -64,6 +70,12 @@ def grow(
         f"Grew [bold]{source}[/] into [bold]{new}[/] by {method}: {model.layers} layers x "
         f"{model.d_model}, {model.n_params:,} parameters at {model.path}"
     )
+    if report.source_eval is None or report.grown_eval is None:
+        console.print(
+            f"[yellow]not scored[/]: {report.unscored}; pass --domain to compare the source "
+            "and the grown model on a domain's valid split"
+        )
+        return
     table(
         f"loss on {report.domain} (valid, {report.grown_eval.n_tokens} targets)",
         ["model", "loss", "ppl"],

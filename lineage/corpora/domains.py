@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from lineage.corpora.profiles import MEASURES, ProfileCounter, VocabularyProfile, proximity_matrix
+from lineage.corpora.profiles import (
+    BLOCK_CHARS,
+    MEASURES,
+    ProfileCounter,
+    VocabularyProfile,
+    proximity_matrix,
+)
 from lineage.corpora.sources import (
     LAYOUTS,
     Layout,
@@ -59,7 +65,6 @@ from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-BLOCK_CHARS = 4_000_000  # shard text is profiled in blocks of about this many characters
 
 __all__ = [
     "LAYOUTS",
@@ -270,7 +275,7 @@ def _ingest(
             stats=_stats(report, policy, len(files)),
             content_digest=profile.digest,
             profile=profile.to_dict(),
-            shards=shards,
+            shards=_with_profiles(ws, shards),
         )
 
 
@@ -300,8 +305,7 @@ def _read_into(
                 if not document:
                     continue
                 report.documents += 1
-                report.bytes += len(document.encode("utf-8"))
-                splitter.add(document)
+                report.bytes += splitter.add(document)
             if report.documents == before:
                 report.skipped_empty_files.append(str(source.path))
 
@@ -405,12 +409,19 @@ def _profile_shards(
                     bar.update(len(block.encode("utf-8")) + 2 * n)
                 if counter is not None and split == "train":
                     whole.merge(counter)
-                profile = cached or _store_profile(ws, shard["digest"], params, counter)
-                rows.append(
-                    shard
-                    | {"split": split, "path": str(final / path.name), "profile": profile.to_dict()}
-                )
+                if cached is None:
+                    _store_profile(ws, shard["digest"], params, counter)
+                rows.append(shard | {"split": split, "path": str(final / path.name)})
     return rows, whole.profile()
+
+
+def _with_profiles(ws: Workspace, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Shard rows with their profiles, read back from the profile cache one at a time (a
+    domain of thousands of shards never holds all their profiles in memory)."""
+    params = _profile_params(ws)
+    for row in rows:
+        path = _profile_cache_path(ws, row["digest"], params)
+        yield row | {"profile": json.loads(path.read_text(encoding="utf-8"))}
 
 
 def _profile_params(ws: Workspace) -> dict[str, Any]:
@@ -438,6 +449,7 @@ def _cached_profile(ws: Workspace, digest: str, params: dict[str, Any]) -> Vocab
 def _store_profile(
     ws: Workspace, digest: str, params: dict[str, Any], counter: ProfileCounter | None
 ) -> VocabularyProfile:
+    """Profile ``counter`` into the cache under the shard's ``digest``."""
     assert counter is not None
     profile = counter.profile()
     atomic_write_text(_profile_cache_path(ws, digest, params), json.dumps(profile.to_dict()))

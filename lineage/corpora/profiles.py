@@ -59,7 +59,7 @@ WORD_PATTERN = r"\b[^\W\d_]{2,}\b"
 Measure = Literal["tf", "df"]
 Proximity = Literal["overlap", "jaccard"]
 PROFILE_FORMAT = 1  # bump when to_dict's layout changes
-BLOCK_CHARS = 4_000_000  # documents are buffered and counted in blocks of about this size
+BLOCK_CHARS = 2_000_000  # documents are counted in blocks of about this many characters
 Engine = Literal["arrow", "regex"]
 STOPWORDS_FILE = "stopwords-sklearn-english.txt"  # scikit-learn's list, with its licence
 
@@ -117,8 +117,11 @@ def iter_documents(lines: Iterable[str]) -> Iterator[str]:
 
 def _word_hashes(words: Iterable[str]) -> np.ndarray:
     """Sorted unique 64-bit BLAKE2b hashes of ``words``: [n] uint64 (stable across processes)."""
-    digests = b"".join(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest() for w in words)
-    return np.unique(np.frombuffer(digests, dtype="<u8"))
+    digests = bytearray()  # filled one word at a time: no list of a million digests
+    for w in words:
+        digests += hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest()
+    hashes = np.sort(np.frombuffer(digests, dtype="<u8"))  # np.unique: slow in numpy 2.4
+    return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))] if len(hashes) else hashes
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ def normalise(document: str) -> str:
     blank-line shard format."""
     if "\r" in document:
         document = document.replace("\r\n", "\n").replace("\r", "\n")
-    return BLANK_LINES.sub("\n", document.strip())
+    document = document.strip()
+    return BLANK_LINES.sub("\n", document) if "\n" in document else document
 
 
 def _lines(fh: Iterable[str]) -> Iterator[str]:

@@ -45,8 +45,10 @@ class SplitPolicy:
         if self.min_valid < 1:
             raise LineageError(f"min_valid_documents must be >= 1, got {self.min_valid}")
 
-    def key(self, document: str) -> int:
-        digest = hashlib.blake2b(f"{self.seed}\0{document}".encode(), digest_size=8).digest()
+    def key(self, document: str | bytes) -> int:
+        """The document's split key: blake2b of "<seed>\\0<document>" (UTF-8), 64 bits."""
+        data = document if isinstance(document, bytes) else document.encode("utf-8")
+        digest = hashlib.blake2b(b"%d\0" % self.seed + data, digest_size=8).digest()
         return int.from_bytes(digest, "little")
 
     def floor(self, n_documents: int) -> int:
@@ -78,11 +80,11 @@ class ShardWriter:
     def name(self, index: int) -> str:
         return self.prefix if self.limit is None else f"{self.prefix}-{index:05d}"
 
-    def write(self, document: str) -> tuple[int, int]:
-        """Append a document; its (shard index, position in the shard)."""
+    def write(self, document: str | bytes) -> tuple[int, int]:
+        """Append a document (text, or its UTF-8); its (shard index, position in the shard)."""
         if self._fh is None:
             self._fh = (self.folder / f"{self.name(len(self.done))}.txt").open("wb")
-        data = (document + "\n\n").encode("utf-8")
+        data = (document if isinstance(document, bytes) else document.encode("utf-8")) + b"\n\n"
         self._fh.write(data)
         self._sha.update(data)
         self._bytes += len(data)
@@ -154,21 +156,20 @@ class Splitter:
     # the smallest keys among train documents: a max-heap of -key, and key -> positions
     _heap: list[int] = field(default_factory=list, init=False)
     _where: dict[int, list[tuple[int, int]]] = field(default_factory=dict, init=False)
-    _valid_keys: list[int] = field(default_factory=list, init=False)
     outcome: SplitOutcome = field(default_factory=SplitOutcome, init=False)
 
     def __post_init__(self) -> None:
         self.train = ShardWriter(self.folder, "train", self.shard_bytes)
         self.valid = ShardWriter(self.folder, "valid", None)
 
-    def add(self, document: str) -> None:
-        key = self.policy.key(document)
+    def add(self, document: str) -> int:
+        """Route one (normalised, non-empty) document; its size in UTF-8 bytes."""
+        data = document.encode("utf-8")
+        key = self.policy.key(data)
         if key % self.policy.valid_every == 0:
-            self.valid.write(document)
-            if len(self._valid_keys) <= self.policy.min_valid:  # enough to move some back
-                self._valid_keys.append(key)
-            return
-        where = self.train.write(document)
+            self.valid.write(data)
+            return len(data)
+        where = self.train.write(data)
         if key in self._where:
             self._where[key].append(where)
         elif len(self._heap) < self.policy.min_valid:
@@ -177,6 +178,7 @@ class Splitter:
         elif key < -self._heap[0]:
             del self._where[-heapq.heappushpop(self._heap, -key)]
             self._where[key] = [where]
+        return len(data)
 
     def finish(self) -> SplitOutcome:
         """Close the files and make the valid split non-empty (or raise LineageError)."""
@@ -211,7 +213,7 @@ class Splitter:
         documents: list[str] = []
         for shard in sorted(moved):
             path = self.train.path(shard)
-            keep = []
+            keep: list[str] = []
             for position, document in enumerate(shard_documents(path)):
                 (documents if position in moved[shard] else keep).append(document)
             self.train.done[shard] = rewrite_shard(path, keep)
@@ -222,7 +224,7 @@ class Splitter:
 
     def _drop_empty_shards(self) -> None:
         """Remove train shards emptied by the top-up and number the rest without gaps."""
-        kept = []
+        kept: list[dict[str, Any]] = []
         for record in self.train.done:
             path = self.folder / f"{record['name']}.txt"
             if record["n_documents"] == 0:

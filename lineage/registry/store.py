@@ -7,7 +7,7 @@ instead of failing); every read returns plain entities from ``lineage.registry.e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -303,9 +303,10 @@ class Registry(RecordsMixin):
         stats: dict[str, Any] | None = None,
         content_digest: str | None = None,
         profile: dict[str, Any] | None = None,
-        shards: Sequence[dict[str, Any]] = (),
+        shards: Iterable[dict[str, Any]] = (),
     ) -> E.Domain:
-        """Register a domain (and its text shards) in one transaction."""
+        """Register a domain (and its text shards, streamed: each row is flushed and let go) in
+        one transaction."""
         with self._write() as s:
             if s.scalar(select(DomainRow.id).where(DomainRow.name == name)) is not None:
                 raise ConflictError(f"a domain named {name!r} is already registered")
@@ -322,6 +323,7 @@ class Registry(RecordsMixin):
             s.flush()
             for shard in shards:
                 s.add(ShardRow(domain_id=row.id, **shard))
+                s.flush()
             return _domain(row)
 
     def update_domain(self, name: str, **fields: Any) -> E.Domain:
