@@ -1,10 +1,14 @@
-"""Throughput of vocabulary profiling on the bundled corpora, and the proximity it yields.
+"""Throughput of vocabulary profiling on the bundled corpora, old path against new, and the
+proximity it yields.
 
-Run: ``.venv/bin/python benchmarks/bench_profiles.py [--repeats 3]``. Single process, so
-MB/s is per core. Compares the exact ``Counter`` used by ``lineage.corpora.profiles`` (with and
-without document frequencies) against a hashing alternative (scikit-learn's HashingVectorizer,
-column sums of 2^20 buckets), which keeps no words and so could not name the top words anyway;
-then prints both proximity matrices (overlap of the top-10k words; Jaccard at min_df 1 and 3).
+Run: ``.venv/bin/python benchmarks/bench_profiles.py [--repeats 5]`` (single process, one
+thread: MB/s is per core). ``old`` is the reference engine (``engine="regex"``: ``re.findall`` on
+each lower-cased document into ``Counter``s, the profiles of before #19); ``new`` is the default
+(``lineage.corpora.wordcounts``: blocks of documents split at non-word ASCII bytes and counted
+by pyarrow). Both give byte-identical profiles (checked here and in tests/test_profiles.py).
+Old and new runs alternate and the best of ``--repeats`` counts, so a busy machine slows both
+alike; the ratio is the figure to compare across machines. Then both proximity matrices
+(overlap of the top-10k words; Jaccard at min_df 1 and 3).
 """
 
 from __future__ import annotations
@@ -16,15 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from lineage.corpora.profiles import (
-    WORD_PATTERN,
     VocabularyProfile,
     iter_documents,
     profile_texts,
     proximity_matrix,
-    stopword_list,
 )
 
 DOMAINS = Path(__file__).resolve().parent.parent / "domains"
@@ -47,39 +47,41 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def hashing_counts(docs: list[str]) -> np.ndarray:
-    """Total count per hash bucket: [2^20] float64 (the words themselves are lost)."""
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    vec = HashingVectorizer(
-        token_pattern=WORD_PATTERN,
-        stop_words=sorted(stopword_list("sklearn-english")),
-        alternate_sign=False,
-        norm=None,
-        n_features=2**20,
-    )
-    total = np.zeros(2**20)
-    for i in range(0, len(docs), 1000):  # batches: streaming, like the counter
-        total += np.asarray(vec.transform(docs[i : i + 1000]).sum(axis=0)).ravel()
-    return total
+def paired(
+    old: Callable[[], object], new: Callable[[], object], repeats: int
+) -> tuple[float, float]:
+    """Best wall times of ``old`` and ``new``, run alternately ``repeats`` times each."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((old, times[0]), (new, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def throughput(repeats: int) -> None:
-    columns = ("counter tf", "+df", "gz stream", "hashing")
-    print(f"{'domain':>10} {'MB':>5}" + "".join(f"{c:>12}" for c in columns))
-    hashing_counts(["warm up the import"])
+    cases = {"tf": {}, "min_df=3": {"min_df": 3}}
+    header = "".join(f"{f'old {c}':>13}{f'new {c}':>13}{'ratio':>7}" for c in cases)
+    print(f"{'domain':>10} {'MB':>5}{header}{'new gz stream':>15}")
+    profile_texts(["warm up the imports"])
     for name in NAMES:
         docs = list(stream(name))
         mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-        rates = [
-            mb / best_of(lambda d=docs: profile_texts(d), repeats),
-            mb / best_of(lambda d=docs: profile_texts(d, min_df=3), repeats),
-            mb / best_of(lambda n=name: profile_texts(stream(n)), repeats),
-            mb / best_of(lambda d=docs: hashing_counts(d), repeats),
-        ]
-        print(f"{name:>10} {mb:5.2f}" + "".join(f"{r:12.1f}" for r in rates))
-    print("MB/s per core. counter tf: the default (min_df=1); +df: min_df=3 also counts document")
-    print("frequencies; gz stream: the same from the .gz file; hashing: HashingVectorizer sums.")
+        row = ""
+        for params in cases.values():
+            old = profile_texts(docs, engine="regex", **params)  # type: ignore[arg-type]
+            assert old == profile_texts(docs, **params), "new and old profiles differ"  # type: ignore[arg-type]
+            t_old, t_new = paired(
+                lambda p=params, d=docs: profile_texts(d, engine="regex", **p),  # type: ignore[misc]
+                lambda p=params, d=docs: profile_texts(d, **p),  # type: ignore[misc]
+                repeats,
+            )
+            row += f"{mb / t_old:13.1f}{mb / t_new:13.1f}{t_old / t_new:6.1f}x"
+        t_gz = best_of(lambda n=name: profile_texts(stream(n)), repeats)
+        print(f"{name:>10} {mb:5.2f}{row}{mb / t_gz:15.1f}")
+    print("MB/s per core; tf: the default (min_df=1); min_df=3 also counts document")
+    print("frequencies; new gz stream: the new path reading the .gz file as it goes.")
 
 
 def print_matrix(title: str, profiles: dict[str, VocabularyProfile], measure: str) -> None:
@@ -105,7 +107,7 @@ def proximity() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     args = parser.parse_args()
     throughput(args.repeats)
     proximity()

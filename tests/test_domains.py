@@ -360,3 +360,10 @@ def test_one_job_per_domain_at_a_time(ws: Workspace, tmp_path: Path) -> None:
     with domain_lock(ws, "a"), pytest.raises(ConflictError, match="being changed by another"):
         add_domain(ws, "a", [tmp_path / "a.txt"])
     add_domain(ws, "a", [tmp_path / "a.txt"])
+
+
+def test_copies_of_one_text_are_refused(ws: Workspace, tmp_path: Path) -> None:
+    write_txt(tmp_path / "same.txt", [DOCS[0]] * 30)
+    with pytest.raises(LineageError, match="copies of one text"):
+        add_domain(ws, "same", [tmp_path / "same.txt"])
+    assert ws.registry.domains() == [] and not (ws.domains_dir / "same").exists()

@@ -65,6 +65,8 @@ from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+LEFTOVER = re.compile(r"^(\.staging-[0-9a-f]{8}|[0-9a-f]{16})$")  # what add_domain writes
+FLAT_SHARD = re.compile(r"^(train-\d{5}|valid)\.txt$")  # shards before version folders
 
 __all__ = [
     "LAYOUTS",
@@ -148,30 +150,54 @@ def domain_lock(ws: Workspace, name: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _current_folder(ws: Workspace, name: str) -> Path | None:
-    """The version folder the registry's shard rows point at (None: no such domain)."""
+def _current_version(ws: Workspace, name: str) -> str | None:
+    """The name of the version folder the registry's shard rows point into: None for no such
+    domain, "" for shards directly in ``domains/<name>/`` (written before version folders).
+    Compared by name, so a moved or copied workspace (absolute paths) is never misread."""
     try:
         shards = ws.registry.shards(name)
     except NotFoundError:
         return None
-    return Path(shards[0].path).parent if shards else None
+    if not shards:
+        return None
+    folder = Path(shards[0].path).parent
+    return "" if folder.name == name else folder.name
 
 
 def clean_leftovers(ws: Workspace, name: str) -> list[str]:
-    """Delete what killed jobs left under ``domains/<name>/``: every folder no row points at."""
+    """Delete what killed or replaced jobs left in ``domains/<name>/``: staging and version
+    folders no row points into (and shard files of the old flat layout once rows point into a
+    version folder). Anything else in the folder is left alone."""
     root = ws.domains_dir / name
     if not root.is_dir():
         return []
-    current = _current_folder(ws, name)
+    current = _current_version(ws, name)
     removed = []
     for entry in sorted(root.iterdir()):
-        if current is not None and entry.resolve() == current.resolve():
+        ours = LEFTOVER.match(entry.name) or (current != "" and FLAT_SHARD.match(entry.name))
+        if entry.name == current or not ours:
             continue
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         removed.append(str(entry))
-    if current is None:
+    if current is None and not any(root.iterdir()):
         root.rmdir()
     return removed
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What ``add_domain`` was asked, checked."""
+
+    name: str
+    sources: Sequence[str | Path]
+    description: str
+    text_field: str
+    documents: str
+    policy: SplitPolicy
+    shard_bytes: int
+    replace: bool
+    force: bool
+    progress: bool
 
 
 def add_domain(
@@ -218,13 +244,13 @@ def add_domain(
                 "and remove them"
             )
         files = expand_sources(sources, documents)
+        request = _Request(name, sources, description, text_field, documents, policy, limit,
+                           exists, force, progress)  # fmt: skip
         report = IngestReport(files=[str(f.path) for f in files])
         staging = ws.domains_dir / name / f".staging-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
-            domain = _ingest(ws, name, sources, files, staging, policy, limit, report, progress,
-                             description=description, text_field=text_field, documents=documents,
-                             replace=exists, force=force)  # fmt: skip
+            domain = _ingest(ws, request, files, staging, report)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             clean_leftovers(ws, name)  # an unreferenced version folder, or the replaced one
@@ -234,45 +260,38 @@ def add_domain(
 
 
 def _ingest(
-    ws: Workspace,
-    name: str,
-    sources: Sequence[str | Path],
-    files: list[Source],
-    staging: Path,
-    policy: SplitPolicy,
-    limit: int,
-    report: IngestReport,
-    progress: bool,
-    **options: Any,
+    ws: Workspace, req: _Request, files: list[Source], staging: Path, report: IngestReport
 ) -> Domain:
     """Stream, split, profile, publish (files, then rows): the body of ``add_domain``."""
-    splitter = Splitter(staging, policy, limit)
-    _read_into(splitter, files, report, options["documents"], options["text_field"], progress)
+    splitter = Splitter(staging, req.policy, req.shard_bytes)
+    _read_into(splitter, files, report, req.documents, req.text_field, req.progress)
     report.split = splitter.finish()
     if report.documents == 0:
-        raise LineageError(f"domain {name!r}: no documents in {', '.join(map(str, sources))}")
+        raise LineageError(
+            f"domain {req.name!r}: no documents in {', '.join(map(str, req.sources))}"
+        )
     train, valid = splitter.train.done, splitter.valid.done
     report.train_documents = sum(s["n_documents"] for s in train)
     report.valid_documents = sum(s["n_documents"] for s in valid)
     report.shards = len(train)
     version = hashlib.sha256("".join(s["digest"] for s in train + valid).encode()).hexdigest()
-    final = ws.domains_dir / name / version[:16]
-    shards, profile = _profile_shards(ws, staging, final, train, valid, progress)
+    final = ws.domains_dir / req.name / version[:16]
+    shards, profile = _profile_shards(ws, staging, final, train, valid, req.progress)
     report.words = profile.n_words
     if final.exists():  # the registered domain already holds exactly this text
         shutil.rmtree(staging)
     else:
         os.replace(staging, final)
-    card = load_card(sources)
+    card = load_card(req.sources)
     with ws.registry.transaction() as reg:
-        if options["replace"]:
-            report.replaced = reg.remove_domain(name, force=options["force"])
+        if req.replace:
+            report.replaced = reg.remove_domain(req.name, force=req.force)
         return reg.add_domain(
-            name,
-            description=options["description"] or card.get("description", ""),
-            sources=[str(s) for s in sources],
+            req.name,
+            description=req.description or card.get("description", ""),
+            sources=[str(s) for s in req.sources],
             card=card,
-            stats=_stats(report, policy, len(files)),
+            stats=_stats(report, req.policy, len(files)),
             content_digest=profile.digest,
             profile=profile.to_dict(),
             shards=_with_profiles(ws, shards),

@@ -9,14 +9,13 @@ document frequency reaches ``min_df``. Two measures compare profiles:
 - ``jaccard``: |V_a ∩ V_b| / |V_a ∪ V_b| over the full vocabularies (no top-k cut), as in
   Gururangan et al.'s script with ``min_df=3``.
 
-Everything here is pure (no I/O). Profiling streams: documents are counted one at a time and
-only the counters are kept. Memory is O(distinct words) while counting (a ``Counter`` entry
-costs ~100 bytes; each 1.5 MB bundled domain has about 10k distinct words besides stopwords);
-a finished profile keeps top_k words and counts, plus the vocabulary as sorted 64-bit hashes
-(8 bytes a word; a collision among a million words has odds of about 1 in 10^7), which is all
-Jaccard needs. ``benchmarks/bench_profiles.py`` measures throughput (~4-7 MB/s per core on a
-busy 2-core machine) and compares the exact ``Counter`` with a hashing vectoriser: the counter
-is as fast or faster, and it keeps the words, which the top-k list and explanations need.
+Everything here is pure (no I/O). Profiling streams: documents are buffered into blocks of
+``BLOCK_CHARS`` and counted a block at a time (``lineage.corpora.wordcounts``: pyarrow for the
+default word pattern), and only the counts are kept: O(distinct words), a few dozen bytes each
+(each 1.5 MB bundled domain has about 10k distinct words besides stopwords). A finished profile
+keeps top_k words and counts, plus the vocabulary as sorted 64-bit hashes (8 bytes a word; a
+collision among a million words has odds of about 1 in 10^7), which is all Jaccard needs.
+``benchmarks/bench_profiles.py`` measures the fast path against the reference one.
 """
 
 from __future__ import annotations

@@ -95,11 +95,13 @@ def expand_sources(sources: Sequence[str | Path], documents: str = "auto") -> li
         if not path.exists():
             raise LineageError(f"{path}: no such file or folder")
         found += _walk(path) if path.is_dir() else _explicit(path, documents)
-    unique = list({s.path.resolve(): s for s in found}.values())  # first mention wins
+    unique: dict[Path, Source] = {}
+    for found_source in found:  # each file once, where it is first named
+        unique.setdefault(found_source.path, found_source)
     if not unique:
         kinds = ", ".join(SUFFIXES)
         raise LineageError(f"no text files in {', '.join(map(str, sources))} ({kinds})")
-    return unique
+    return list(unique.values())
 
 
 def _explicit(path: Path, documents: str) -> list[Source]:

@@ -197,19 +197,28 @@ class Splitter:
             self._top_up(self.outcome.floor - n_valid)
         self.train.close()
         self.valid.close()
+        if not self.train.done or not self.valid.done:
+            raise LineageError(
+                f"the domain's {n_train + n_valid:,} documents are copies of one text: too small "
+                "to hold anything out; add text"
+            )
         return self.outcome
 
     def _top_up(self, need: int) -> None:
         if need <= 0:
             return
         self.train.close()
+        left = self.train.n_documents
         moved: dict[int, set[int]] = {}
         for key in sorted(-k for k in self._heap):
             if need <= 0:
                 break
+            if len(self._where[key]) >= left:
+                continue  # every copy of one text: moving it would empty train
             for shard, position in self._where[key]:
                 moved.setdefault(shard, set()).add(position)
-                need -= 1
+            need -= len(self._where[key])
+            left -= len(self._where[key])
         documents: list[str] = []
         for shard in sorted(moved):
             path = self.train.path(shard)
