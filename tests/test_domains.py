@@ -116,13 +116,13 @@ def test_more_bad_input(ws: Workspace, tmp_path: Path) -> None:
 def test_profiles_are_cached_by_content(
     ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lineage.corpora.domains as domains
+    import lineage.corpora.shardprofiles as shardprofiles
 
     write_txt(tmp_path / "a.txt", DOCS)
     add_domain(ws, "first", [tmp_path / "a.txt"])
     stored: list[str] = []
-    real = domains._store_profile
-    monkeypatch.setattr(domains, "_store_profile", lambda *a: stored.append(a[1]) or real(*a))
+    real = shardprofiles._store_profile
+    monkeypatch.setattr(shardprofiles, "_store_profile", lambda *a: stored.append(a[1]) or real(*a))
     add_domain(ws, "same-text", [tmp_path / "a.txt"])
     assert stored == []  # every shard profile came from the cache
     write_txt(tmp_path / "b.txt", [*DOCS, "a new document changes the last shard"])

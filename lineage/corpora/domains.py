@@ -4,8 +4,8 @@ replaced and removed.
 A domain's text lives in the workspace as plain UTF-8 shard files (documents separated by a
 blank line), ``domains/<name>/<version>/train-00000.txt ...`` and ``valid.txt``, where
 ``version`` is derived from the shards' digests (``lineage.corpora.splits`` makes the split;
-``lineage.corpora.sources`` reads the corpora). Profiles are cached by content hash, so
-unchanged text is never profiled twice.
+``lineage.corpora.sources`` reads the corpora; ``lineage.corpora.shardprofiles`` profiles the
+shards, cached by content hash, so unchanged text is never profiled twice).
 
 Publishing, so that a kill at any point leaves the old state or the new one: files first, then
 rows. ``add`` streams into ``domains/<name>/.staging-*``, renames it to its version folder, and
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -35,13 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from lineage.corpora.profiles import (
-    BLOCK_CHARS,
-    MEASURES,
-    ProfileCounter,
-    VocabularyProfile,
-    proximity_matrix,
-)
+from lineage.corpora.profiles import MEASURES, VocabularyProfile, proximity_matrix
+from lineage.corpora.shardprofiles import profile_params, profile_shards, with_profiles
 from lineage.corpora.sources import (
     LAYOUTS,
     Layout,
@@ -60,7 +54,6 @@ from lineage.corpora.splits import (
     shard_documents,
 )
 from lineage.errors import ConflictError, LineageError, NotFoundError
-from lineage.files import atomic_write_text
 from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
 
@@ -276,7 +269,7 @@ def _ingest(
     report.shards = len(train)
     version = hashlib.sha256("".join(s["digest"] for s in train + valid).encode()).hexdigest()
     final = ws.domains_dir / req.name / version[:16]
-    shards, profile = _profile_shards(ws, staging, final, train, valid, req.progress)
+    shards, profile = profile_shards(ws, staging, final, train, valid, req.progress)
     report.words = profile.n_words
     if final.exists():  # the registered domain already holds exactly this text
         shutil.rmtree(staging)
@@ -294,7 +287,7 @@ def _ingest(
             stats=_stats(report, req.policy, len(files)),
             content_digest=profile.digest,
             profile=profile.to_dict(),
-            shards=_with_profiles(ws, shards),
+            shards=with_profiles(ws, shards),
         )
 
 
@@ -379,102 +372,6 @@ def _delete_files(ws: Workspace, name: str, usage: DomainUsage, *, keep_shards: 
     return deleted
 
 
-def text_blocks(path: Path, size: int = BLOCK_CHARS) -> Iterator[tuple[str, int]]:
-    """A shard file as (block, documents in it): whole documents joined by a blank line."""
-    rest = ""
-    with path.open(encoding="utf-8") as fh:
-        while chunk := fh.read(size):
-            data = rest + chunk
-            cut = data.rfind("\n\n")
-            if cut < 0:
-                rest = data
-                continue
-            block, rest = data[:cut], data[cut + 2 :]
-            if block:
-                yield block, block.count("\n\n") + 1
-    if rest.strip("\n"):
-        yield rest.strip("\n"), rest.strip("\n").count("\n\n") + 1
-
-
-def _profile_shards(
-    ws: Workspace,
-    staging: Path,
-    final: Path,
-    train: list[dict[str, Any]],
-    valid: list[dict[str, Any]],
-    progress: bool,
-) -> tuple[list[dict[str, Any]], VocabularyProfile]:
-    """Profile each shard (cached by digest) and the train split; each shard's text is counted
-    once, and the train split's counts are the sum of its shards'."""
-    from tqdm.auto import tqdm
-
-    params = _profile_params(ws)
-    whole = ProfileCounter(**params)
-    rows = []
-    total = sum(s["n_bytes"] for s in train + valid)
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc="profiling", disable=None if progress else True
-    ) as bar:
-        for split, done in (("train", train), ("valid", valid)):
-            for shard in done:
-                path = staging / f"{shard['name']}.txt"
-                cached = _cached_profile(ws, shard["digest"], params)
-                counter = None if cached is not None else ProfileCounter(**params)
-                for block, n in text_blocks(path):
-                    if counter is not None:
-                        counter.add_block(block, n)
-                    if split == "train":
-                        whole.add_block(block, n, count=counter is None)
-                    bar.update(len(block.encode("utf-8")) + 2 * n)
-                if counter is not None and split == "train":
-                    whole.merge(counter)
-                if cached is None:
-                    _store_profile(ws, shard["digest"], params, counter)
-                rows.append(shard | {"split": split, "path": str(final / path.name)})
-    return rows, whole.profile()
-
-
-def _with_profiles(ws: Workspace, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Shard rows with their profiles, read back from the profile cache one at a time (a
-    domain of thousands of shards never holds all their profiles in memory)."""
-    params = _profile_params(ws)
-    for row in rows:
-        path = _profile_cache_path(ws, row["digest"], params)
-        yield row | {"profile": json.loads(path.read_text(encoding="utf-8"))}
-
-
-def _profile_params(ws: Workspace) -> dict[str, Any]:
-    cfg = ws.config.profiles
-    # Jaccard (the paper's script) needs min_df applied to the stored vocabulary too.
-    return {"top_k": cfg.top_k, "min_df": cfg.min_df}
-
-
-def _profile_cache_path(ws: Workspace, digest: str, params: dict[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return ws.domains_dir / ".profiles" / f"{digest}-{key}.json"
-
-
-def _cached_profile(ws: Workspace, digest: str, params: dict[str, Any]) -> VocabularyProfile | None:
-    path = _profile_cache_path(ws, digest, params)
-    if not path.is_file():
-        return None
-    try:
-        return VocabularyProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError):
-        path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
-        return None
-
-
-def _store_profile(
-    ws: Workspace, digest: str, params: dict[str, Any], counter: ProfileCounter | None
-) -> VocabularyProfile:
-    """Profile ``counter`` into the cache under the shard's ``digest``."""
-    assert counter is not None
-    profile = counter.profile()
-    atomic_write_text(_profile_cache_path(ws, digest, params), json.dumps(profile.to_dict()))
-    return profile
-
-
 def domain_texts(ws: Workspace, name: str, split: str = "train") -> Iterator[str]:
     """Stream a registered domain's documents of one split."""
     for shard in ws.registry.shards(name, split=split):
@@ -505,6 +402,6 @@ def compute_proximity(
             f"proximity measure must be one of {', '.join(MEASURES)}, got {measure!r}"
         )
     labels, matrix = proximity_matrix(profiles, measure=measure)  # type: ignore[arg-type]
-    params = _profile_params(ws) | {"measure": measure}
+    params = profile_params(ws) | {"measure": measure}
     ws.registry.save_proximity(measure, params, list(labels), matrix.round(6).tolist())
     return list(labels), matrix
