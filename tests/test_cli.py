@@ -97,4 +97,7 @@ def test_domain_add_says_how_it_split_and_remove_says_what_went(tmp_path: Path) 
     data = json.loads(run("-w", ws, "domain", "remove", "legal", "--json"))
     assert data["removed"]["shards"] == 2 and data["files"]
     assert "no domain named 'legal'" in run("-w", ws, "domain", "remove", "legal", code=1)
+    assert "--documents" in run(
+        "-w", ws, "domain", "add", "x", str(legal), "--documents", "pdf", code=2
+    )
     assert json.loads(run("-w", ws, "domain", "list", "--json")) == []

@@ -131,7 +131,7 @@ def _electra(ws: Workspace) -> None:
         ("teacher-lit", "g", {"layers": 1}, "shrinks"),
         ("teacher-lit", "g", {"method": "magic"}, "unknown growth method"),
         ("teacher-lit", "g", {"sample_domain": "nowhere"}, "nowhere"),
-        ("student", "g", {"hidden": 16}, "shrinks"),  # unscored growth checks shapes too
+        ("student", "g", {"hidden": 24}, "shrinks"),  # unscored growth checks shapes too
         ("electra", "g", {}, "growth supports model families"),
     ],
 )

@@ -10,6 +10,7 @@ import typer
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
 from lineage.corpora.domains import (
+    LAYOUTS,
     IngestReport,
     add_domain,
     bundled_domains,
@@ -77,6 +78,10 @@ def add(
     as_json: JsonOption = False,
 ) -> None:
     """Add a domain from text sources (a bundled domain's name alone adds the bundled corpus)."""
+    if documents not in LAYOUTS:
+        raise typer.BadParameter(
+            f"{documents!r} is not one of {', '.join(LAYOUTS)}", param_hint="--documents"
+        )
     if not sources:
         if name not in bundled_domains():
             raise LineageError(
