@@ -15,7 +15,7 @@ COMPILE := $(UV) pip compile pyproject.toml --extra dev -c constraints.txt $(UV_
 # e.g. make demo DEMO_FLAGS=--quick, or DEMO_FLAGS=/path/to/new/folder
 DEMO_FLAGS ?=
 
-.PHONY: install lock test test-fast lint format typecheck demo clean
+.PHONY: install test-deps lock test test-fast lint format typecheck demo clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -28,16 +28,28 @@ $(BIN)/lineage: $(LOCK) pyproject.toml | $(UV)
 
 install: $(BIN)/lineage
 
+# The tests run the registry on a real PostgreSQL that they start themselves (tests/pgcluster.py):
+# the server binaries must be here. Debian's postgresql is installed when they are not (as root;
+# otherwise the command to run is printed).
+test-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	else \
+		echo "PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2; exit 1; \
+	fi
+
 # Newest releases within pyproject.toml's ranges (torch stays pinned by constraints.txt),
 # then the whole suite: a lock that fails its tests must not be committed.
 lock: | $(UV)
 	$(COMPILE) --upgrade
 	$(MAKE) test
 
-test: install
+test: install test-deps
 	$(BIN)/pytest -n 2 -q
 
-test-fast: install
+test-fast: install test-deps
 	$(BIN)/pytest -q -m "not slow"
 
 lint: install

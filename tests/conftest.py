@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from pgcluster import Cluster, ClusterError
 
 from lineage.workspace import Workspace
 
@@ -91,6 +93,59 @@ def ws(tmp_path: Path) -> Workspace:
     workspace.close()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server for this test process (each xdist worker has its own).
+
+    It must start: a machine without PostgreSQL fails these tests (with the reason) rather
+    than skipping them; `make test-deps` installs it."""
+    try:
+        cluster = Cluster()
+    except ClusterError as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_registry_db(pg_cluster: Cluster) -> str:
+    """This test process's registry database, upgraded to the head schema once."""
+    from lineage.registry import Registry
+
+    name = "lineage_registry"
+    Registry(pg_cluster.create_database(name)).close()
+    return name
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """An empty database of its own for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield pg_cluster.create_database(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry database on each backend: a new SQLite file (the registry creates its
+    schema), or this process's PostgreSQL registry database with every table emptied (tests
+    run one at a time per process; a new database per test would cost a cluster checkpoint)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    name = request.getfixturevalue("pg_registry_db")
+    cluster.empty_tables(name)
+    return cluster.url(name)
+
+
 def _bundled_slice(name: str, n_docs: int) -> list[str]:
     import gzip
 
@@ -156,7 +211,8 @@ def family_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def family_ws(family_template: Path, tmp_path: Path) -> Workspace:
-    """A private copy of the family workspace (registry and files; model paths stay shared)."""
+    """A private copy of the family workspace (registry and files: its registered paths are
+    relative to the storage root, so they resolve inside the copy)."""
     import shutil
 
     root = tmp_path / "family"
