@@ -1,42 +1,90 @@
-"""``lineage db``: the registry's schema version."""
+"""``lineage db``: the registry's schema version, and a check of what it records."""
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
-from lineage.cli.common import JsonOption, console, emit_json
+import typer
+from sqlalchemy.engine import Engine
+
+from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
-from lineage.registry.schema import current_revision, head_revision
-from lineage.registry.schema import upgrade as upgrade_schema
+from lineage.registry import schema
 from lineage.workspace import Workspace
 
-app = make_app("Registry database schema (Alembic migrations).")
+app = make_app("Registry database: schema migrations (Alembic) and integrity checks.")
 
 
-def _engine(ctx: typer.Context):  # type: ignore[no-untyped-def]
+@contextmanager
+def _engine(ctx: typer.Context) -> Iterator[tuple[Workspace, Engine]]:
+    """The workspace's registry engine, without opening (and so upgrading) the registry."""
     from lineage.registry.db import make_engine
 
     ws = Workspace.open(ctx.find_root().obj.get("workspace"))
-    return make_engine(ws.registry_url)
+    engine = make_engine(ws.registry_url)
+    try:
+        yield ws, engine
+    finally:
+        engine.dispose()
 
 
 @app.command()
-def upgrade(ctx: typer.Context) -> None:
-    """Upgrade the registry database to this lineage's schema."""
-    engine = _engine(ctx)
-    before = current_revision(engine)
-    upgrade_schema(engine)
-    console.print(f"registry schema: {before or 'empty'} -> {current_revision(engine)}")
-    engine.dispose()
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision (default: head).")] = "head",
+) -> None:
+    """Upgrade the registry database to this lineage's schema (or to REVISION)."""
+    with _engine(ctx) as (ws, engine):
+        before = schema.current_revision(engine)
+        schema.upgrade(engine, revision, storage_root=ws.storage_root)
+        console.print(f"registry schema: {before or 'empty'} -> {schema.current_revision(engine)}")
+
+
+@app.command()
+def downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision, `base`, or e.g. -1.")],
+) -> None:
+    """Downgrade the registry database to REVISION (to run an older lineage on it)."""
+    with _engine(ctx) as (ws, engine):
+        before = schema.current_revision(engine)
+        schema.downgrade(engine, revision, storage_root=ws.storage_root)
+        console.print(f"registry schema: {before or 'empty'} -> {schema.current_revision(engine)}")
 
 
 @app.command()
 def current(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Show the registry database's schema revision and this code's newest."""
-    engine = _engine(ctx)
-    data = {"current": current_revision(engine), "head": head_revision()}
-    engine.dispose()
+    """Show the registry database's schema revision and this code's newest. Exits 1 when the
+    database is newer than this lineage."""
+    with _engine(ctx) as (_, engine):
+        data = {"current": schema.current_revision(engine), "head": schema.head_revision()}
+    now = data["current"]
+    if now is not None and now not in schema.known_revisions():
+        raise schema.newer_database(now)
     if as_json:
         emit_json(data)
+        return
+    note = "" if now in (None, data["head"]) else "  (older: run `lineage db upgrade`)"
+    console.print(f"current: {now or 'empty'}   head: {data['head']}{note}")
+
+
+@app.command()
+def check(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Check the registry: no cycle among the edges, no edge to a missing model, and every
+    registered model, adapter, tokenizer, cache and shard path present on this machine.
+    Exits 1 when anything is wrong."""
+    from lineage.registry.checks import run_checks
+
+    found = run_checks(workspace(ctx).registry)
+    problems = [f for findings in found.values() for f in findings]
+    if as_json:
+        emit_json({"ok": not problems} | {k: [f.to_dict() for f in v] for k, v in found.items()})
+    elif problems:
+        rows = [(f.check, f.subject, f.problem) for f in problems]
+        table("registry problems", ["check", "subject", "problem"], rows)
     else:
-        console.print(f"current: {data['current'] or 'empty'}   head: {data['head']}")
+        console.print(f"registry OK ({', '.join(found)})")
+    if problems:
+        raise typer.Exit(code=1)

@@ -3,6 +3,22 @@
 ORM rows never leave ``lineage.registry``: callers get the plain entities of
 ``lineage.registry.entities``. The schema changes only through the Alembic migrations in
 ``migrations/``.
+
+**The write lock.** Every transaction that writes (a connection with the execution option
+``lineage_write=True``: ``Registry.transaction()`` and every ``Registry`` write, and the
+migrations) first takes the registry's one write lock, so the invariants that span rows — no
+cycle among the edges, unique names checked with a clear message, the schema revision — are
+checked and written by one writer at a time, whatever the backend:
+
+- SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock when the transaction begins;
+- PostgreSQL: ``pg_advisory_xact_lock(WRITE_LOCK_KEY)`` as the transaction's first statement;
+  PostgreSQL releases it at COMMIT or ROLLBACK, also when the client dies. Each later statement
+  of the transaction (READ COMMITTED) sees every write committed before the lock was granted.
+
+Row locks would not do: the cycle check reads the *absence* of a path, which no row lock
+covers, and SERIALIZABLE would make every caller retry. Writers wait up to 30 s for the lock
+(SQLite's busy timeout, PostgreSQL's ``lock_timeout``), then fail with a clear error. Readers
+never wait.
 """
 
 from __future__ import annotations
@@ -12,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -21,12 +38,16 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import make_url as parse_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lineage.errors import LineageError
 
 EDGE_KINDS = ("ki", "grow", "adapt", "adapter")
 RUN_STATUSES = ("running", "finished", "failed", "killed")
@@ -39,13 +60,45 @@ NAMING_CONVENTION = {
 }
 
 
+BACKENDS = ("sqlite", "postgresql")
+WRITE_LOCK_KEY = int.from_bytes(b"lineage", "big")  # the advisory lock's 64-bit key
+LOCK_WAIT_S = 30
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores text without an offset, so values are
+    converted to UTC before they are written and read back as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the registry stores aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012
+    type_annotation_map = {  # noqa: RUF012
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: UTCDateTime,
+    }
 
 
 class TokenizerRow(Base):
@@ -56,7 +109,7 @@ class TokenizerRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     vocab_size: Mapped[int]
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DomainRow(Base):
@@ -69,7 +122,7 @@ class DomainRow(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)  # bytes, documents, words, split
     content_digest: Mapped[str | None] = mapped_column(String(64))
     profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ShardRow(Base):
@@ -102,7 +155,7 @@ class ModelRow(Base):
     tokenizer_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
     domains: Mapped[list[Any]] = mapped_column(default=list)  # names of domains trained on
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EdgeRow(Base):
@@ -119,7 +172,7 @@ class EdgeRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EvaluationRow(Base):
@@ -133,7 +186,7 @@ class EvaluationRow(Base):
     ppl: Mapped[float] = mapped_column(Float)
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RunRow(Base):
@@ -145,8 +198,8 @@ class RunRow(Base):
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id", ondelete="SET NULL"))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)  # why a failed run failed
 
 
@@ -156,7 +209,7 @@ class PlanRow(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     student_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ProximityRow(Base):
@@ -166,7 +219,7 @@ class ProximityRow(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     domains: Mapped[list[Any]] = mapped_column(default=list)
     matrix: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class CacheRow(Base):
@@ -177,14 +230,30 @@ class CacheRow(Base):
     domain_id: Mapped[int | None] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
     top_k: Mapped[int]
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RegistryStateRow(Base):
+    """One row: ``graph_version`` changes (by database triggers, see migration 0004) whenever a
+    model or an edge is inserted, deleted or renamed, so a reader can tell whether the lineage
+    graph it holds in memory is still current with one indexed read."""
+
+    __tablename__ = "registry_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    graph_version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys and immediate writes."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    """An engine for ``url`` whose writers take the registry's write lock (module docstring)."""
+    backend = parse_url(url).get_backend_name()
+    if backend not in BACKENDS:
+        raise LineageError(
+            f"registry URL {url.split('://')[0]}://…: lineage's registry runs on "
+            f"{' or '.join(BACKENDS)} (its write lock is made for those two)"
+        )
+    if backend == "postgresql":
+        return _postgresql_engine(url)
+    engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_S})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -192,7 +261,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={LOCK_WAIT_S * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -203,5 +272,22 @@ def make_engine(url: str) -> Engine:
         # locked" (no busy wait on lock upgrade); writers therefore BEGIN IMMEDIATE.
         immediate = conn.get_execution_options().get("lineage_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _postgresql_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _lock_timeout(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = '{LOCK_WAIT_S}s'")
+        dbapi_conn.commit()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        if conn.get_execution_options().get("lineage_write", False):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
 
     return engine

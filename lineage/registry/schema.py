@@ -1,14 +1,23 @@
-"""Schema versions: Alembic migrations in ``migrations/`` are the only way the schema changes."""
+"""Schema versions: Alembic migrations in ``migrations/`` are the only way the schema changes.
+
+Every migration runs in one transaction that holds the registry's write lock
+(``lineage.registry.db``) and reads the revision again once it has the lock: several processes
+opening a fresh database at once upgrade it once, the others find it done. On SQLite, foreign
+keys are off while a migration runs (batch mode copies tables; dropping the old copy must not
+cascade) and checked before it commits.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from lineage.errors import ConflictError, LineageError
@@ -21,12 +30,16 @@ def migrations_dir() -> Path:
     return Path(pkg.__file__).parent
 
 
-def alembic_config(engine: Engine | None = None) -> AlembicConfig:
-    """Alembic's configuration built in code (no alembic.ini); env.py takes ``engine``."""
+def alembic_config(
+    connection: Connection | None = None, storage_root: Path | None = None
+) -> AlembicConfig:
+    """Alembic's configuration built in code (no alembic.ini); env.py migrates ``connection``
+    inside its open transaction; data migrations read ``storage_root``."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    if engine is not None:
-        cfg.attributes["engine"] = engine
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    cfg.attributes["storage_root"] = storage_root
     return cfg
 
 
@@ -40,6 +53,18 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in scripts().walk_revisions()}
+
+
+def newer_database(current: str) -> ConflictError:
+    return ConflictError(
+        f"the registry database is at schema revision {current}, which this version of "
+        f"lineage does not know (its newest is {head_revision()}): the database was written "
+        "by a newer lineage; upgrade lineage instead of using this one"
+    )
+
+
 def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
@@ -50,15 +75,54 @@ def current_revision(engine: Engine) -> str | None:
         raise LineageError(f"cannot reach the registry database {engine.url!r}: {exc}") from exc
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    command.upgrade(alembic_config(engine), revision)
+def _locked(engine: Engine, step: Callable[[Connection], None]) -> None:
+    """Run ``step`` in one transaction holding the write lock (SQLite: foreign keys off)."""
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # outside any transaction, where SQLite honours it
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.execution_options(lineage_write=True).begin():
+                step(conn)
+                if sqlite and (bad := conn.exec_driver_sql("PRAGMA foreign_key_check").first()):
+                    raise LineageError(f"the migration broke a foreign key: {tuple(bad)}")
+        except CommandError as exc:  # e.g. an unknown target revision
+            known = ", ".join(sorted(known_revisions()))
+            raise LineageError(f"cannot migrate: {exc} (revisions: {known}; head, base)") from exc
+        except OperationalError as exc:
+            raise LineageError(f"registry database error: {exc.orig}") from exc
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
-def downgrade(engine: Engine, revision: str) -> None:
-    command.downgrade(alembic_config(engine), revision)
+def upgrade(engine: Engine, revision: str = "head", *, storage_root: Path | None = None) -> None:
+    """Upgrade to ``revision`` under the lock; a database newer than the code is refused."""
+
+    def step(conn: Connection) -> None:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in known_revisions():
+            raise newer_database(current)
+        command.upgrade(alembic_config(conn, storage_root), revision)
+
+    _locked(engine, step)
 
 
-def check_schema(engine: Engine, *, upgrade_fresh: bool = True) -> str:
+def downgrade(engine: Engine, revision: str, *, storage_root: Path | None = None) -> None:
+    """Downgrade to ``revision`` (a revision id, ``base``, or relative such as ``-1``)."""
+
+    def step(conn: Connection) -> None:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in known_revisions():
+            raise newer_database(current)
+        command.downgrade(alembic_config(conn, storage_root), revision)
+
+    _locked(engine, step)
+
+
+def check_schema(
+    engine: Engine, *, upgrade_fresh: bool = True, storage_root: Path | None = None
+) -> str:
     """Make sure the database is at this code's head; upgrade a fresh one; refuse a newer one."""
     current = current_revision(engine)
     head = head_revision()
@@ -66,16 +130,11 @@ def check_schema(engine: Engine, *, upgrade_fresh: bool = True) -> str:
         return head
     if current is None:
         if upgrade_fresh:
-            upgrade(engine)
+            upgrade(engine, storage_root=storage_root)
             return head
         raise LineageError("the registry database has no schema yet: run `lineage db upgrade`")
-    known = {rev.revision for rev in scripts().walk_revisions()}
-    if current not in known:
-        raise ConflictError(
-            f"the registry database is at schema revision {current}, which this version of "
-            f"lineage does not know (its newest is {head}): the database was written by a newer "
-            "lineage; upgrade lineage instead of using this one"
-        )
+    if current not in known_revisions():
+        raise newer_database(current)
     raise LineageError(
         f"the registry database is at schema revision {current}, older than {head}: "
         "run `lineage db upgrade`"
