@@ -11,7 +11,7 @@ import typer
 from lineage.cli import cache, db, domain, edge, model, plan, report, route, tokenizer
 from lineage.cli.adapt import adapt_command
 from lineage.cli.common import app as make_app
-from lineage.cli.common import console, workspace
+from lineage.cli.common import console, err_console, workspace
 from lineage.cli.demo import demo
 from lineage.cli.doctor import doctor
 from lineage.cli.grow import grow
@@ -99,6 +99,12 @@ def graph(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     text = render(models, edges, fmt)
+    for loop in reg.graph().cycles():  # drawn, but the registry should not hold one
+        err_console.print(
+            f"warning: cycle {' -> '.join([*loop, loop[0]])} (see `lineage db check`)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if output is None:
         typer.echo(text)
     else:

@@ -51,3 +51,17 @@ def list_(
         ["parent", "kind", "child", "params", "mlflow run"],
         [(e.parent, e.kind, e.child, e.params or "", e.mlflow_run_id) for e in edges],
     )
+
+
+@app.command()
+def remove(
+    ctx: typer.Context,
+    parent: str,
+    child: str,
+    kind: Annotated[
+        str | None, typer.Option(help="Only the edge of this kind (default: every kind).")
+    ] = None,
+) -> None:
+    """Remove the edge(s) from PARENT to CHILD (e.g. to break a cycle `lineage db check` found)."""
+    removed = workspace(ctx).registry.remove_edge(parent, child, kind)
+    console.print(f"Removed {removed} edge(s) {parent} -> {child}")

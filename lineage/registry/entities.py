@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class _Record:
@@ -163,9 +163,12 @@ class DomainUsage(_Record):
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class Related(_Record):
-    """A model reached by a lineage query, with its distance in edges."""
+class Related(NamedTuple):
+    """A model reached by a lineage query, with its distance in edges (a named tuple: a query
+    can return 100,000 of them, and a tuple is made several times faster than a dataclass)."""
 
     name: str
     depth: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()

@@ -18,7 +18,12 @@ def _label(model: Model) -> str:
 
 
 def to_text(models: Sequence[Model], edges: Sequence[Edge]) -> str:
-    """An indented tree from every root; a model with several parents appears under each."""
+    """An indented tree from every root; a model with several parents appears under each.
+
+    Models on a cycle (which the registry refuses, but an old client may have written) have no
+    root above them: they are drawn from the first of them, and the edge that closes the
+    cycle ends in a marked repeat instead of going round again.
+    """
     by_name = {m.name: m for m in models}
     kids: dict[str, list[Edge]] = defaultdict(list)
     has_parent = set()
@@ -26,16 +31,22 @@ def to_text(models: Sequence[Model], edges: Sequence[Edge]) -> str:
         kids[edge.parent].append(edge)
         has_parent.add(edge.child)
     lines: list[str] = []
+    drawn: set[str] = set()
 
-    def visit(name: str, prefix: str, via: str, seen: frozenset[str]) -> None:
-        lines.append(f"{prefix}{via}{_label(by_name[name])}")
-        if name in seen:  # unreachable for a DAG; kept as a guard against bad data
+    def visit(name: str, prefix: str, via: str, path: frozenset[str]) -> None:
+        drawn.add(name)
+        if name in path:
+            lines.append(f"{prefix}{via}{name}  ↻ cycle")
             return
+        lines.append(f"{prefix}{via}{_label(by_name[name])}")
         for edge in sorted(kids[name], key=lambda e: e.child):
-            visit(edge.child, prefix + "    ", f"└─[{edge.kind}]─ ", seen | {name})
+            visit(edge.child, prefix + "    ", f"└─[{edge.kind}]─ ", path | {name})
 
     for model in models:
         if model.name not in has_parent:
+            visit(model.name, "", "", frozenset())
+    for model in models:  # on or below a cycle: no root reaches them
+        if model.name not in drawn:
             visit(model.name, "", "", frozenset())
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ from lineage.registry.db import (
     RunRow,
     utcnow,
 )
+from lineage.registry.locations import Locations
 from lineage.registry.rows import _domain_row, _evaluation, _model_row, _run
 
 
@@ -30,6 +31,7 @@ class RecordsMixin:
     ``Registry``)."""
 
     if TYPE_CHECKING:  # provided by Registry
+        locations: Locations
 
         def _read(self) -> AbstractContextManager[Session]: ...
 
@@ -165,10 +167,11 @@ class RecordsMixin:
     def add_cache(
         self, path: str, teacher: str, top_k: int, manifest: dict[str, Any], domain: str | None
     ) -> E.Cache:
+        stored = self.locations.store(path)
         with self._write() as s:
-            s.execute(delete(CacheRow).where(CacheRow.path == path))  # a rebuild replaces it
+            s.execute(delete(CacheRow).where(CacheRow.path == stored))  # a rebuild replaces it
             row = CacheRow(
-                path=path,
+                path=stored,
                 teacher_id=_model_row(s, teacher).id,
                 top_k=top_k,
                 manifest=manifest,
@@ -176,7 +179,15 @@ class RecordsMixin:
             )
             s.add(row)
             s.flush()
-            return E.Cache(row.id, path, teacher, domain, top_k, manifest, row.created_at)
+            return E.Cache(
+                row.id,
+                self.locations.resolve(stored),
+                teacher,
+                domain,
+                top_k,
+                manifest,
+                row.created_at,
+            )
 
     def caches(self, teacher: str | None = None) -> list[E.Cache]:
         with self._read() as s:
@@ -188,7 +199,8 @@ class RecordsMixin:
             )
             if teacher is not None:
                 query = query.where(ModelRow.name == teacher)
+            resolve = self.locations.resolve
             return [
-                E.Cache(r.id, r.path, t, d, r.top_k, r.manifest, r.created_at)
+                E.Cache(r.id, resolve(r.path), t, d, r.top_k, r.manifest, r.created_at)
                 for r, t, d in s.execute(query)
             ]

@@ -22,6 +22,7 @@ from lineage.registry.db import (
     ShardRow,
     TokenizerRow,
 )
+from lineage.registry.locations import Locations
 
 
 def _model_row(s: Session, name: str) -> ModelRow:
@@ -29,6 +30,13 @@ def _model_row(s: Session, name: str) -> ModelRow:
     if row is None:
         raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
     return row
+
+
+def _model_id(s: Session, name: str) -> int:
+    found = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
+    if found is None:
+        raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
+    return found
 
 
 def _domain_row(s: Session, name: str) -> DomainRow:
@@ -55,11 +63,11 @@ def _edge(row: EdgeRow, parent: str, child: str) -> E.Edge:
     )
 
 
-def _model(r: ModelRow) -> E.Model:
+def _model(r: ModelRow, loc: Locations) -> E.Model:
     return E.Model(
         r.id,
         r.name,
-        r.path,
+        loc.resolve(r.path),
         r.family,
         r.objective,
         r.layers,
@@ -75,9 +83,9 @@ def _model(r: ModelRow) -> E.Model:
     )
 
 
-def _tokenizer(r: TokenizerRow) -> E.Tokenizer:
+def _tokenizer(r: TokenizerRow, loc: Locations) -> E.Tokenizer:
     return E.Tokenizer(
-        r.id, r.name, r.path, r.fingerprint, r.vocab_size, dict(r.params), r.created_at
+        r.id, r.name, loc.resolve(r.path), r.fingerprint, r.vocab_size, dict(r.params), r.created_at
     )
 
 
@@ -95,9 +103,17 @@ def _domain(r: DomainRow) -> E.Domain:
     )
 
 
-def _shard(r: ShardRow, domain: str) -> E.Shard:
+def _shard(r: ShardRow, domain: str, loc: Locations) -> E.Shard:
     return E.Shard(
-        r.id, domain, r.name, r.split, r.path, r.n_bytes, r.n_documents, r.digest, r.profile
+        r.id,
+        domain,
+        r.name,
+        r.split,
+        loc.resolve(r.path),
+        r.n_bytes,
+        r.n_documents,
+        r.digest,
+        r.profile,
     )
 
 

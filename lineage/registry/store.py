@@ -1,29 +1,28 @@
 """The registry: models, domains, tokenizers and the inheritance edges between models
 (evaluations, runs, plans, proximity and caches: ``lineage.registry.records``).
 
-Every change runs in one transaction (SQLite: ``BEGIN IMMEDIATE``, so concurrent writers wait
-instead of failing); every read returns plain entities from ``lineage.registry.entities``.
+Every change runs in one transaction under the registry's write lock (``lineage.registry.db``:
+SQLite ``BEGIN IMMEDIATE``, PostgreSQL an advisory transaction lock), so concurrent writers
+wait instead of failing and no two of them can each pass a check the other's write breaks;
+every read returns plain entities from ``lineage.registry.entities``. Paths are stored relative
+to the storage root (``lineage.registry.locations``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.registry import entities as E
-from lineage.registry.ancestry import (
-    Direction,
-    longest_chain,
-    reachable_ids,
-    reachable_subgraph,
-    shortest_depths,
-)
+from lineage.registry.ancestry import Direction, LineageGraph, descends_from, load_graph
+from lineage.registry.ancestry import graph_version as read_graph_version
 from lineage.registry.db import (
     EDGE_KINDS,
     CacheRow,
@@ -38,6 +37,7 @@ from lineage.registry.db import (
     make_engine,
     utcnow,
 )
+from lineage.registry.locations import Locations
 from lineage.registry.modelinfo import ModelInfo
 from lineage.registry.records import RecordsMixin
 from lineage.registry.rows import (
@@ -46,6 +46,7 @@ from lineage.registry.rows import (
     _edge,
     _edge_query,
     _model,
+    _model_id,
     _model_row,
     _shard,
     _tokenizer,
@@ -54,24 +55,34 @@ from lineage.registry.schema import check_schema
 
 
 class Registry(RecordsMixin):
-    """Typed access to the registry database at ``url`` (any SQLAlchemy URL)."""
+    """Typed access to the registry database at ``url`` (SQLite or PostgreSQL); registered paths
+    under ``storage_root`` are kept relative to it (None: as given)."""
 
-    def __init__(self, url: str, *, upgrade_fresh: bool = True) -> None:
+    def __init__(
+        self, url: str, *, upgrade_fresh: bool = True, storage_root: str | Path | None = None
+    ) -> None:
         self.url = url
+        self.locations = Locations(storage_root)
         self.engine = make_engine(url)
-        self.schema_revision = check_schema(self.engine, upgrade_fresh=upgrade_fresh)
+        self.schema_revision = check_schema(
+            self.engine, upgrade_fresh=upgrade_fresh, storage_root=self.locations.root
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._outer: Session | None = None  # the session of an open `transaction()`
+        self._graph: LineageGraph | None = None  # the last committed graph read
 
     def close(self) -> None:
         self.engine.dispose()
+        self._graph = None
 
     @contextmanager
     def transaction(self) -> Iterator[Registry]:
         """Group several writes into one transaction: all of them, or none if anything raises.
 
-        Inside, every call of this registry (reads too) runs in the one transaction, so it sees
-        its own uncommitted rows; a nested ``transaction()`` joins the outer one.
+        The transaction holds the registry's write lock from its start, so what it reads stays
+        true until it commits. Inside, every call of this registry (reads too) runs in the one
+        transaction, so it sees its own uncommitted rows; a nested ``transaction()`` joins the
+        outer one.
         """
         if self._outer is not None:
             yield self
@@ -100,6 +111,7 @@ class Registry(RecordsMixin):
         conn = self.engine.connect().execution_options(lineage_write=True)
         try:
             with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                session.connection()  # BEGIN now: the write lock is held from here on
                 yield session
         except IntegrityError as exc:
             raise ConflictError(f"refused by the registry: {exc.orig}") from exc
@@ -124,7 +136,7 @@ class Registry(RecordsMixin):
                 raise ConflictError(f"a model named {name!r} is already registered")
             row = ModelRow(
                 name=name,
-                path=path,
+                path=self.locations.store(path),
                 family=info.family,
                 objective=info.objective,
                 layers=info.layers,
@@ -139,15 +151,16 @@ class Registry(RecordsMixin):
             )
             s.add(row)
             s.flush()
-            return _model(row)
+            return _model(row, self.locations)
 
     def model(self, name: str) -> E.Model:
         with self._read() as s:
-            return _model(_model_row(s, name))
+            return _model(_model_row(s, name), self.locations)
 
     def models(self) -> list[E.Model]:
         with self._read() as s:
-            return [_model(r) for r in s.scalars(select(ModelRow).order_by(ModelRow.id))]
+            rows = s.scalars(select(ModelRow).order_by(ModelRow.id))
+            return [_model(r, self.locations) for r in rows]
 
     def has_model(self, name: str) -> bool:
         with self._read() as s:
@@ -157,11 +170,13 @@ class Registry(RecordsMixin):
         allowed = {"path", "domains", "description"}
         if unknown := set(fields) - allowed:
             raise LineageError(f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}")
+        if "path" in fields:
+            fields["path"] = self.locations.store(fields["path"])
         with self._write() as s:
             row = _model_row(s, name)
             for key, value in fields.items():
                 setattr(row, key, value)
-            return _model(row)
+            return _model(row, self.locations)
 
     def remove_model(self, name: str, *, force: bool = False) -> None:
         """Remove a model and its edges; refused while other models derive from it."""
@@ -198,43 +213,68 @@ class Registry(RecordsMixin):
             raise LineageError(f"unknown edge kind {kind!r}; kinds: {', '.join(EDGE_KINDS)}")
         if parent == child:
             raise ConflictError(f"an edge from {parent!r} to itself is refused")
-        with self._write() as s:
-            p, c = _model_row(s, parent), _model_row(s, child)
-            if p.id in reachable_ids(s, c.id, "descendants"):
+        with self._write() as s:  # holds the write lock: no other edge can slip in between
+            p, c = _model_id(s, parent), _model_id(s, child)
+            if descends_from(s, p, c):
                 raise ConflictError(
                     f"edge {parent} -> {child} would make a cycle: "
                     f"{parent!r} descends from {child!r}"
                 )
             dup = select(EdgeRow.id).where(
-                EdgeRow.parent_id == p.id, EdgeRow.child_id == c.id, EdgeRow.kind == kind
+                EdgeRow.parent_id == p, EdgeRow.child_id == c, EdgeRow.kind == kind
             )
             if s.scalar(dup) is not None:
                 raise ConflictError(f"edge {parent} -[{kind}]-> {child} already exists")
-            row = EdgeRow(
-                parent_id=p.id,
-                child_id=c.id,
-                kind=kind,
-                params=params or {},
-                mlflow_run_id=mlflow_run_id,
-            )
-            s.add(row)
-            s.flush()
-            return E.Edge(row.id, parent, child, kind, row.params, mlflow_run_id, row.created_at)
+            params, created = dict(params or {}), utcnow()
+            edge_id = s.execute(
+                insert(EdgeRow)
+                .values(parent_id=p, child_id=c, kind=kind, params=params)
+                .values(mlflow_run_id=mlflow_run_id, created_at=created)
+                .returning(EdgeRow.id)
+            ).scalar_one()
+            return E.Edge(edge_id, parent, child, kind, params, mlflow_run_id, created)
 
     def edges(self, model: str | None = None) -> list[E.Edge]:
         """All edges, or those touching ``model``."""
         with self._read() as s:
             query = _edge_query()
             if model is not None:
-                mid = _model_row(s, model).id
+                mid = _model_id(s, model)
                 query = query.where((EdgeRow.parent_id == mid) | (EdgeRow.child_id == mid))
             return [_edge(*r) for r in s.execute(query.order_by(EdgeRow.id))]
 
+    def remove_edge(self, parent: str, child: str, kind: str | None = None) -> int:
+        """Remove the edges from ``parent`` to ``child`` (of ``kind``, else of every kind);
+        returns how many. Refused when there is none."""
+        with self._write() as s:
+            p, c = _model_id(s, parent), _model_id(s, child)
+            match = (EdgeRow.parent_id == p) & (EdgeRow.child_id == c)
+            if kind is not None:
+                match &= EdgeRow.kind == kind
+            removed = len(s.execute(delete(EdgeRow).where(match).returning(EdgeRow.id)).all())
+            if not removed:
+                of_kind = f" of kind {kind}" if kind else ""
+                raise NotFoundError(f"no edge {parent} -> {child}{of_kind}")
+            return removed
+
     def parents(self, name: str) -> list[E.Related]:
-        return [r for r in self.related(name, "ancestors") if r.depth == 1]
+        return self._neighbours(name, "ancestors")
 
     def children(self, name: str) -> list[E.Related]:
-        return [r for r in self.related(name, "descendants") if r.depth == 1]
+        return self._neighbours(name, "descendants")
+
+    def _neighbours(self, name: str, direction: Direction) -> list[E.Related]:
+        src, dst = (
+            (EdgeRow.child_id, EdgeRow.parent_id)
+            if direction == "ancestors"
+            else (EdgeRow.parent_id, EdgeRow.child_id)
+        )
+        with self._read() as s:
+            start = _model_id(s, name)
+            found = s.scalars(
+                select(ModelRow.name).join(EdgeRow, dst == ModelRow.id).where(src == start)
+            )
+            return [E.Related(n, 1) for n in sorted(set(found))]
 
     def ancestors(self, name: str) -> list[E.Related]:
         return self.related(name, "ancestors")
@@ -243,24 +283,39 @@ class Registry(RecordsMixin):
         return self.related(name, "descendants")
 
     def related(self, name: str, direction: Direction) -> list[E.Related]:
-        """Models reachable from ``name`` along edges, with their shortest distance.
-
-        One recursive CTE finds the reachable set and the edges inside it; distances are then
-        a breadth-first pass in memory (a CTE that carries depths multiplies rows on DAGs).
-        """
-        with self._read() as s:
-            start = _model_row(s, name).id
-            names, adjacency = reachable_subgraph(s, start, direction)
-        depth = shortest_depths(start, adjacency)
-        found = [E.Related(names[i], d) for i, d in depth.items() if i != start]
-        return sorted(found, key=lambda r: (r.depth, r.name))
+        """Models reachable from ``name`` along edges, with their shortest distance (sorted by
+        distance, then name)."""
+        graph, node = self._graph_node(name)
+        return graph.related(node, direction)
 
     def generation(self, name: str) -> int:
-        """1 for a model with no parents, else 1 + the longest chain of ancestors."""
+        """1 for a model with no parents, else 1 + the longest chain of ancestors (a one-line
+        ``CycleError`` naming the cycle if one is among its ancestors)."""
+        graph, node = self._graph_node(name)
+        return graph.generation(node)
+
+    def graph(self) -> LineageGraph:
+        """The lineage graph as now committed (or as this open transaction sees it).
+
+        One indexed read of ``graph_version`` tells whether the copy held from the last call is
+        current; otherwise the models and edges are read again. A copy read inside a
+        transaction may hold uncommitted rows, so only copies read outside one are kept.
+        """
         with self._read() as s:
-            start = _model_row(s, name).id
-            _, parents = reachable_subgraph(s, start, "ancestors")
-        return longest_chain(start, parents)
+            version = read_graph_version(s)
+            if self._graph is not None and self._graph.version == version:
+                return self._graph
+            graph = load_graph(s)
+        if self._outer is None:
+            self._graph = graph
+        return graph
+
+    def _graph_node(self, name: str) -> tuple[LineageGraph, int]:
+        graph = self.graph()
+        if name not in graph.index:
+            self.model(name)  # the usual NotFoundError, unless it was added since the read
+            graph = self.graph()
+        return graph, graph.index[name]
 
     # ---- tokenizers ---------------------------------------------------------------------
 
@@ -271,11 +326,15 @@ class Registry(RecordsMixin):
             if s.scalar(select(TokenizerRow.id).where(TokenizerRow.name == name)) is not None:
                 raise ConflictError(f"a tokenizer named {name!r} is already registered")
             row = TokenizerRow(
-                name=name, path=path, fingerprint=fingerprint, vocab_size=vocab_size, params=params
+                name=name,
+                path=self.locations.store(path),
+                fingerprint=fingerprint,
+                vocab_size=vocab_size,
+                params=params,
             )
             s.add(row)
             s.flush()
-            return _tokenizer(row)
+            return _tokenizer(row, self.locations)
 
     def tokenizer(self, name: str) -> E.Tokenizer:
         with self._read() as s:
@@ -283,13 +342,12 @@ class Registry(RecordsMixin):
             if row is None:
                 known = ", ".join(s.scalars(select(TokenizerRow.name))) or "none"
                 raise NotFoundError(f"no tokenizer named {name!r} (registered: {known})")
-            return _tokenizer(row)
+            return _tokenizer(row, self.locations)
 
     def tokenizers(self) -> list[E.Tokenizer]:
         with self._read() as s:
-            return [
-                _tokenizer(r) for r in s.scalars(select(TokenizerRow).order_by(TokenizerRow.id))
-            ]
+            rows = s.scalars(select(TokenizerRow).order_by(TokenizerRow.id))
+            return [_tokenizer(r, self.locations) for r in rows]
 
     # ---- domains and shards -------------------------------------------------------------
 
@@ -322,7 +380,8 @@ class Registry(RecordsMixin):
             s.add(row)
             s.flush()
             for shard in shards:
-                s.add(ShardRow(domain_id=row.id, **shard))
+                stored = shard | {"path": self.locations.store(shard["path"])}
+                s.add(ShardRow(domain_id=row.id, **stored))
                 s.flush()
             return _domain(row)
 
@@ -351,12 +410,12 @@ class Registry(RecordsMixin):
                 query = query.where(ShardRow.domain_id == _domain_row(s, domain).id)
             if split is not None:
                 query = query.where(ShardRow.split == split)
-            return [_shard(r, d) for r, d in s.execute(query)]
+            return [_shard(r, d, self.locations) for r, d in s.execute(query)]
 
     def domain_usage(self, name: str) -> E.DomainUsage:
         """What refers to domain ``name`` (see ``DomainUsage``)."""
         with self._read() as s:
-            return _usage(s, _domain_row(s, name))
+            return _usage(s, _domain_row(s, name), self.locations)
 
     def remove_domain(self, name: str, *, force: bool = False) -> E.DomainUsage:
         """Remove a domain with its shards and evaluations, in one transaction.
@@ -367,7 +426,7 @@ class Registry(RecordsMixin):
         """
         with self._write() as s:
             row = _domain_row(s, name)
-            usage = _usage(s, row)
+            usage = _usage(s, row, self.locations)
             if usage.in_use and not force:
                 raise ConflictError(
                     f"domain {name!r} is in use by {usage.describe()}; pass --force to remove "
@@ -401,9 +460,10 @@ def _mentions(config: dict[str, Any], domain: str) -> bool:
     return domain in named
 
 
-def _usage(s: Session, row: DomainRow) -> E.DomainUsage:
+def _usage(s: Session, row: DomainRow, loc: Locations) -> E.DomainUsage:
     plans = [p.name for p in s.scalars(select(PlanRow)) if row.name in p.spec.get("domains", [])]
-    caches = list(s.scalars(select(CacheRow.path).where(CacheRow.domain_id == row.id)))
+    stored = s.scalars(select(CacheRow.path).where(CacheRow.domain_id == row.id))
+    caches = [loc.resolve(path) for path in stored]  # paths on this machine, to delete
     running = s.scalars(select(RunRow).where(RunRow.status == "running"))
     models = [m.name for m in s.scalars(select(ModelRow)) if row.name in (m.domains or [])]
     return E.DomainUsage(
