@@ -20,7 +20,7 @@ CONFIG_FILE = "lineage.toml"
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    url: str = "sqlite:///{workspace}/registry.db"  # any SQLAlchemy URL
+    url: str = "sqlite:///{workspace}/registry.db"  # SQLite or PostgreSQL SQLAlchemy URL
 
     def __post_init__(self) -> None:
         if "://" not in self.url:
@@ -38,6 +38,15 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         if not self.experiment.strip():
             raise ValueError("experiment must not be empty")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: str = "{workspace}"  # where models, adapters, caches, data live; a team's shared mount
+
+    def __post_init__(self) -> None:
+        if not self.root.strip():
+            raise ValueError("root must not be empty")
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class ProfilesConfig:
 class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)

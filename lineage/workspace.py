@@ -8,10 +8,14 @@ the stages above (a router over a workspace: ``lineage.routing.router.Router.fro
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
 from lineage.errors import LineageError
@@ -21,6 +25,8 @@ from lineage.registry.modelinfo import read_model_info
 from lineage.registry.store import Registry
 
 ENV_VAR = "LINEAGE_WORKSPACE"
+REGISTRY_URL_VAR = "LINEAGE_REGISTRY_URL"  # replaces [registry] url (e.g. a URL with a password)
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def resolve_root(path: str | Path | None = None) -> Path:
@@ -47,7 +53,10 @@ class Workspace:
 
     @classmethod
     def init(cls, path: str | Path | None = None, *, registry_url: str | None = None) -> Workspace:
-        """Create a workspace: configuration, folders and an upgraded registry database."""
+        """Create a workspace: configuration, folders and an upgraded registry database.
+
+        Nothing is left behind when it fails: the folders and files it made are removed.
+        """
         root = resolve_root(path)
         if (root / CONFIG_FILE).exists():
             raise LineageError(f"{root} is already a lineage workspace")
@@ -58,14 +67,24 @@ class Workspace:
             text = text.replace(
                 'url = "sqlite:///{workspace}/registry.db"', f'url = "{registry_url}"'
             )
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        ws = cls(root, load_config(tmp))
-        for folder in ws.folders():
-            folder.mkdir(parents=True, exist_ok=True)
-        _ = ws.registry  # create and upgrade the database before the workspace is declared
-        os.replace(tmp, root / CONFIG_FILE)
+        made, ws = _Made(), None
+        try:
+            made.folder(root)
+            tmp = made.file(root / f".{CONFIG_FILE}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            ws = cls(root, load_config(tmp))
+            for folder in ws.folders():
+                made.folder(folder)
+            url = make_url(ws.registry_url)
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                made.file(Path(url.database))
+            _ = ws.registry  # create and upgrade the database before the workspace is declared
+            os.replace(tmp, root / CONFIG_FILE)
+        except BaseException:
+            if ws is not None:
+                ws.close()
+            made.undo()
+            raise
         return ws
 
     def folders(self) -> list[Path]:
@@ -83,23 +102,39 @@ class Workspace:
         ]
 
     def path(self, relative: str) -> Path:
-        return (self.root / relative).resolve()
+        """A configured folder: relative to the storage root."""
+        return (self.storage_root / relative).resolve()
 
     def expand(self, template: str) -> str:
-        return template.replace("{workspace}", str(self.root))
+        """``{workspace}`` and ``${VAR}`` (from the environment) filled in."""
+
+        def variable(match: re.Match[str]) -> str:
+            if (value := os.environ.get(match[1])) is None:
+                raise LineageError(
+                    f"{CONFIG_FILE} refers to ${{{match[1]}}}, which is not set in the environment"
+                )
+            return value
+
+        return ENV_REFERENCE.sub(variable, template.replace("{workspace}", str(self.root)))
 
     @property
     def registry_url(self) -> str:
-        return self.expand(self.config.registry.url)
+        """$LINEAGE_REGISTRY_URL, else ``[registry] url`` expanded."""
+        return os.environ.get(REGISTRY_URL_VAR) or self.expand(self.config.registry.url)
 
     @property
     def tracking_uri(self) -> str:
         return self.expand(self.config.tracking.uri)
 
+    @cached_property
+    def storage_root(self) -> Path:
+        """Where models, adapters, caches and data live (``[storage] root``)."""
+        return (self.root / Path(self.expand(self.config.storage.root)).expanduser()).resolve()
+
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry(self.registry_url)
+            self._registry = Registry(self.registry_url, storage_root=self.storage_root)
         return self._registry
 
     @cached_property
@@ -162,3 +197,29 @@ class Workspace:
         model = reg.model(name)
         parents = [e for e in reg.edges(name) if e.child == name]
         return write_card(model, parents, reg.generation(name))
+
+
+class _Made:
+    """What ``Workspace.init`` created, so that a failure can remove exactly that."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def folder(self, path: Path) -> Path:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self.paths += reversed(missing)  # outermost first
+        return path
+
+    def file(self, path: Path) -> Path:
+        if not path.exists():
+            self.paths.append(path)
+        return path
+
+    def undo(self) -> None:
+        for path in reversed(self.paths):  # innermost first
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)

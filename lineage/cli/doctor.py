@@ -13,14 +13,17 @@ from lineage.errors import LineageError
 
 def _workspace_facts(ctx: typer.Context) -> dict[str, Any]:
     """Registry URL and schema revision, tracking URI; the reason when there is no workspace."""
+    from sqlalchemy.engine import make_url
+
     from lineage.workspace import Workspace
 
     try:
         ws = Workspace.open(ctx.find_root().obj.get("workspace"))
+        url = ws.registry_url
         return {
             "workspace": str(ws.root),
-            "registry_url": ws.registry_url,
-            "schema_revision": _revision(ws.registry_url),
+            "registry_url": make_url(url).render_as_string(hide_password=True),
+            "schema_revision": _revision(url),
             "tracking_uri": ws.tracking_uri,
         }
     except LineageError as exc:
@@ -40,6 +43,8 @@ def _revision(url: str) -> str:
     engine = make_engine(url)
     try:
         current = current_revision(engine)
+    except LineageError as exc:  # unreachable: say why (the URL in it hides the password)
+        return f"unknown: {exc}"
     finally:
         engine.dispose()
     return f"{current or 'empty'} (this lineage: {head_revision()})"
