@@ -33,10 +33,18 @@ def _model_row(s: Session, name: str) -> ModelRow:
 
 
 def _model_id(s: Session, name: str) -> int:
-    found = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
-    if found is None:
-        raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
-    return found
+    return _model_ids(s, name)[0]
+
+
+def _model_ids(s: Session, *names: str) -> tuple[int, ...]:
+    """The ids of ``names`` in one query (NotFoundError for the first unknown one)."""
+    found = dict(
+        s.execute(select(ModelRow.name, ModelRow.id).where(ModelRow.name.in_(names))).all()
+    )
+    for name in names:
+        if name not in found:
+            raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
+    return tuple(found[name] for name in names)
 
 
 def _domain_row(s: Session, name: str) -> DomainRow:

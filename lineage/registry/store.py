@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.registry import entities as E
-from lineage.registry.ancestry import Direction, LineageGraph, descends_from, load_graph
+from lineage.registry.ancestry import Direction, LineageGraph, edge_check, load_graph
 from lineage.registry.ancestry import graph_version as read_graph_version
 from lineage.registry.db import (
     EDGE_KINDS,
@@ -47,6 +47,7 @@ from lineage.registry.rows import (
     _edge_query,
     _model,
     _model_id,
+    _model_ids,
     _model_row,
     _shard,
     _tokenizer,
@@ -214,16 +215,14 @@ class Registry(RecordsMixin):
         if parent == child:
             raise ConflictError(f"an edge from {parent!r} to itself is refused")
         with self._write() as s:  # holds the write lock: no other edge can slip in between
-            p, c = _model_id(s, parent), _model_id(s, child)
-            if descends_from(s, p, c):
+            p, c = _model_ids(s, parent, child)
+            cycle, duplicate = edge_check(s, p, c, kind)
+            if cycle:
                 raise ConflictError(
                     f"edge {parent} -> {child} would make a cycle: "
                     f"{parent!r} descends from {child!r}"
                 )
-            dup = select(EdgeRow.id).where(
-                EdgeRow.parent_id == p, EdgeRow.child_id == c, EdgeRow.kind == kind
-            )
-            if s.scalar(dup) is not None:
+            if duplicate:
                 raise ConflictError(f"edge {parent} -[{kind}]-> {child} already exists")
             params, created = dict(params or {}), utcnow()
             edge_id = s.execute(
@@ -247,7 +246,7 @@ class Registry(RecordsMixin):
         """Remove the edges from ``parent`` to ``child`` (of ``kind``, else of every kind);
         returns how many. Refused when there is none."""
         with self._write() as s:
-            p, c = _model_id(s, parent), _model_id(s, child)
+            p, c = _model_ids(s, parent, child)
             match = (EdgeRow.parent_id == p) & (EdgeRow.child_id == c)
             if kind is not None:
                 match &= EdgeRow.kind == kind
