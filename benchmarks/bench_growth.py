@@ -138,7 +138,9 @@ def run(
     ]
     schedules, online = {}, {}
     if teacher is not None:
-        guided = guided_steps_for(ws.registry.model(teacher).layers, model.layers, steps)
+        guided = guided_steps_for(
+            ws.registry.model(teacher).layers, model.layers, steps, objective=model.objective
+        )
         schedules[teacher] = InheritanceSchedule(
             kind="linear", total_steps=steps, guided_steps=guided
         )

@@ -50,6 +50,7 @@ from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.inherit.schedules import guided_steps_for
 from lineage.lifecycle import build_caches, create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import PRESETS
+from lineage.models.shapes import objective_of_family
 from lineage.report import plots
 from lineage.report.compare import curve, saving, steps_to_reach
 from lineage.train.trainer import TrainConfig
@@ -90,7 +91,8 @@ class Setup:
     def guided_steps(self) -> int:
         """G: where the linear schedule's guidance ends and the heaviside one switches."""
         t, s = PRESETS[self.teacher], PRESETS[self.student]
-        return guided_steps_for(t.layers, s.layers, self.steps)
+        objective = objective_of_family(self.model_family)
+        return guided_steps_for(t.layers, s.layers, self.steps, objective=objective)
 
 
 def runs(setup: Setup, vocab: int) -> dict[str, dict[str, Any]]:

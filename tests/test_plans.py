@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_plan_routes_shards_and_round_trips(ws: Workspace, tmp_path: Path) -> No
         "t_bio",
     }
     # Default schedule: linear, teacher guidance for the Table 6 share of a 4 -> 12 layer pair.
-    guided = guided_steps_for(4, 12, 1000)
+    guided = guided_steps_for(4, 12, 1000, objective="mlm")
     assert all(s.guided_steps == guided for s in spec.shards)
     sched = spec.schedules()["t_cs"]
     assert sched == InheritanceSchedule(kind="linear", total_steps=1000, guided_steps=guided)
@@ -150,7 +151,7 @@ def test_schedules_and_self_learning_shards(ws: Workspace, tmp_path: Path) -> No
     assert all(not c["eligible"] and "student's 3.00" in c["reason"] for s in bio for c in s.scores)
     cs = [s for s in spec.shards if s.domain == "cs"]
     assert all(s.teacher == "t_cs" for s in cs)
-    switch = guided_steps_for(4, 12, 500)
+    switch = guided_steps_for(4, 12, 500, objective="mlm")
     assert spec.schedules()["t_cs"].switch_step == switch == cs[0].guided_steps
     assert spec.teachers == ("t_bio", "t_cs") and plan.spec["teachers"] == ["t_bio", "t_cs"]
     const = create_plan(
@@ -172,9 +173,24 @@ def test_make_schedule_defaults(ws: Workspace, tmp_path: Path) -> None:
     reg = ws.registry
     teacher, student = reg.model("t_cs"), reg.model("student")
     lin = make_schedule("linear", {}, teacher=teacher, student=student, steps=125_000)
-    assert lin.guided_steps == guided_steps_for(4, 12, 125_000) == 22_000  # Table 6: H_4 -> BASE
+    assert (
+        lin.guided_steps == guided_steps_for(4, 12, 125_000, objective="mlm") == 22_000
+    )  # Table 6: H_4 -> BASE
     given = make_schedule("linear", {"guided_steps": 7}, teacher=teacher, student=student, steps=50)
     assert given.guided_steps == 7
+    # auto gets the same linear base as the single-teacher shortcut (it was α = 1 until the
+    # student passed the teacher, with no self-learning term at all).
+    auto = make_schedule("auto", {}, teacher=teacher, student=student, steps=1000)
+    assert auto.guided_steps == guided_steps_for(4, 12, 1000, objective="mlm") == 176
+    assert auto.rate(0) == 1.0 and auto.rate(88) == 0.5 and auto.rate(176) == 0.0
+    # A causal student takes the GPT rows (papers/003 Table 7): GPT 9 -> 12 layers, 10k of 62.5k.
+    gpt = dataclasses.replace(info(12), family="gpt2", objective="clm")
+    reg.add_model("gpt-t", "/m/gpt-t", dataclasses.replace(gpt, layers=9))
+    reg.add_model("gpt-s", "/m/gpt-s", gpt)
+    clm = make_schedule(
+        "linear", {}, teacher=reg.model("gpt-t"), student=reg.model("gpt-s"), steps=62_500
+    )
+    assert clm.guided_steps == 10_000  # RoBERTa's row would give 17,500
 
 
 def test_spec_validation() -> None:

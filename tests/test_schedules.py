@@ -122,21 +122,45 @@ def test_schedule_dict_round_trip() -> None:
 
 
 def test_guided_steps_for_table6() -> None:
-    assert guided_steps_for(9, 12, 125_000) == 35_000  # MEDIUM → BASE
-    assert guided_steps_for(4, 12, 125_000) == 22_000  # H_4 → BASE
-    assert guided_steps_for(12, 24, 125_000) == 40_000  # BASE → LARGE
-    assert guided_steps_for(18, 24, 125_000) == 65_000  # BASE_PLUS → LARGE
-    assert guided_steps_for(9, 12, 1_000) == 280  # the same ratio at another length
+    def mlm(t: int, s: int, total: int) -> int:
+        return guided_steps_for(t, s, total, objective="mlm")
+
+    assert mlm(9, 12, 125_000) == 35_000  # MEDIUM → BASE
+    assert mlm(4, 12, 125_000) == 22_000  # H_4 → BASE
+    assert mlm(12, 24, 125_000) == 40_000  # BASE → LARGE
+    assert mlm(18, 24, 125_000) == 65_000  # BASE_PLUS → LARGE
+    assert mlm(9, 12, 1_000) == 280  # the same ratio at another length
     # Between the depth-ablation points, and deeper teachers guide longer.
-    assert guided_steps_for(5, 12, 125_000) == 28_500
-    series = [guided_steps_for(h, 12, 10_000) for h in (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12)]
+    assert mlm(5, 12, 125_000) == 28_500
+    series = [mlm(h, 12, 10_000) for h in (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12)]
     assert series == sorted(series)
-    assert guided_steps_for(12, 12, 1000) == 520  # beyond the evidence: the last fraction
-    assert guided_steps_for(1, 200, 10) == 1  # at least one step
+    assert mlm(12, 12, 1000) == 520  # beyond the evidence: the last fraction
+    assert mlm(1, 200, 10) == 1  # at least one step
     with pytest.raises(ValueError, match="teacher_layers"):
-        guided_steps_for(0, 12, 100)
+        mlm(0, 12, 100)
     with pytest.raises(ValueError, match="total_steps"):
-        guided_steps_for(6, 12, 0)
+        mlm(6, 12, 0)
+    with pytest.raises(ValueError, match="objective"):
+        guided_steps_for(6, 12, 100, objective="seq2seq")
+
+
+def test_guided_steps_for_gpt_rows() -> None:
+    """Causal LMs take papers/003's GPT rows (T = 62.5k), not RoBERTa's fractions."""
+
+    def clm(t: int, s: int, total: int) -> int:
+        return guided_steps_for(t, s, total, objective="clm")
+
+    assert clm(9, 12, 62_500) == 10_000  # GPT_73M → GPT_124M (RoBERTa's row: 17,500)
+    assert clm(12, 18, 62_500) == 15_000  # GPT_124M → GPT_209M (RoBERTa's row: 27,500)
+    assert clm(36, 40, 62_500) == 20_000
+    assert guided_steps_for(12, 18, 125_000, objective="mlm") == 55_000
+    # Unlisted pairs: the MLM curve scaled to the GPT rows (shorter, still monotone in depth).
+    series = [clm(h, 12, 10_000) for h in (1, 2, 4, 6, 8, 10, 11)]
+    assert series == sorted(series)
+    assert all(
+        clm(h, 12, 10_000) < guided_steps_for(h, 12, 10_000, objective="mlm") for h in (2, 5, 7)
+    )
+    assert clm(2, 4, 600) == 98  # the benchmarks' 2 → 4 layer pair (MLM: 168)
 
 
 def _auto(**kw: object) -> AutoInheritance:

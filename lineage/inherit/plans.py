@@ -146,11 +146,12 @@ class PlanSpec:
 def make_schedule(
     kind: str, params: Mapping[str, Any], *, teacher: Model, student: Model, steps: int
 ) -> InheritanceSchedule:
-    """A teacher's schedule: ``params`` over the defaults (linear: guided for the Table 6
-    duration of the depth pair; heaviside: switch at that step; constant: c = 0.5)."""
+    """A teacher's schedule: ``params`` over the defaults (linear, and auto's base: guided for
+    the Table 6 duration of the depth pair and the student's objective; heaviside: switch at
+    that step; constant: c = 0.5)."""
     given = dict(params)
-    default = guided_steps_for(teacher.layers, student.layers, steps)
-    if kind == "linear" and "alpha_T" not in given:
+    default = guided_steps_for(teacher.layers, student.layers, steps, objective=student.objective)
+    if kind in ("linear", "auto") and "alpha_T" not in given:
         given.setdefault("guided_steps", default)
     elif kind == "heaviside":
         given.setdefault("switch_step", default)

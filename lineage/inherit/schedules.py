@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "SCHEDULE_KINDS",
+    "TABLE6",
     "AutoInheritance",
     "InheritanceEvent",
     "InheritanceSchedule",
@@ -32,12 +34,11 @@ __all__ = [
 
 SCHEDULE_KINDS = ("linear", "heaviside", "constant", "auto")
 
-# papers/001 App. B, Table 6: steps of teacher-guided learning, all runs 125k steps in total
-# (§3.1 "All models are pre-trained for 125k steps"). Rows: (teacher layers, student layers,
-# guided steps, total steps, the pair). Keyed by depth only, so the width ablation
-# (RoBERTa_D_d → BASE, 12 → 12 layers, 28k–85k) is left out — depth cannot tell those apart —
-# and so are the GPT rows, whose students' total steps the paper does not state.
-_TABLE6: tuple[tuple[int, int, int, int, str], ...] = (
+# papers/001 App. B, Table 6: steps of teacher-guided learning for RoBERTa (MLM), all runs 125k
+# steps in total (§3.1 "All models are pre-trained for 125k steps"). Rows: (teacher layers,
+# student layers, guided steps, total steps, the pair). Keyed by depth, so the width ablation
+# (RoBERTa_D_d → BASE, 12 → 12 layers, 28k–85k) is left out — depth cannot tell those apart.
+_TABLE6_MLM: tuple[tuple[int, int, int, int, str], ...] = (
     (4, 12, 22_000, 125_000, "RoBERTa_H_4 → BASE"),
     (6, 12, 35_000, 125_000, "RoBERTa_H_6 → BASE"),
     (8, 12, 55_000, 125_000, "RoBERTa_H_8 → BASE"),
@@ -47,10 +48,20 @@ _TABLE6: tuple[tuple[int, int, int, int, str], ...] = (
     (12, 24, 40_000, 125_000, "RoBERTa_BASE → LARGE"),
     (18, 24, 65_000, 125_000, "RoBERTa_BASE_PLUS → LARGE"),
 )
-# Other depth pairs: the guided fraction G/T as a function of the depth ratio teacher/student,
-# read off the depth ablation H_4..H_10 → BASE (the rows where only the teacher's depth
-# changes): 22k, 35k, 55k, 65k of 125k. (0, 0): no teacher, no guidance. Past the last point
-# the paper has no evidence, so the fraction stays at its last value.
+# papers/003 (NAACL version) Table 7, the GPT (causal LM) rows. The paper states the teachers'
+# budget, 62.5k steps at batch 2,048 (§4.1 "All the teacher models are pre-trained for 62.5k
+# steps"), not the students'; we take the students' T to be the same 62.5k.
+_TABLE6_CLM: tuple[tuple[int, int, int, int, str], ...] = (
+    (9, 12, 10_000, 62_500, "GPT_73M → GPT_124M"),
+    (12, 18, 15_000, 62_500, "GPT_124M → GPT_209M"),
+    (18, 24, 18_000, 62_500, "GPT_209M → GPT_354M"),
+    (24, 36, 16_000, 62_500, "GPT_354M → GPT_773M"),
+    (36, 40, 20_000, 62_500, "GPT_773M → GPT_1B"),
+)
+# Other depth pairs (MLM): the guided fraction G/T as a function of the depth ratio
+# teacher/student, read off the depth ablation H_4..H_10 → BASE (the rows where only the
+# teacher's depth changes): 22k, 35k, 55k, 65k of 125k. (0, 0): no teacher, no guidance. Past
+# the last point the paper has no evidence, so the fraction stays at its last value.
 _DEPTH_RATIO_TO_FRACTION: tuple[tuple[float, float], ...] = (
     (0.0, 0.0),
     (4 / 12, 22 / 125),
@@ -58,6 +69,22 @@ _DEPTH_RATIO_TO_FRACTION: tuple[tuple[float, float], ...] = (
     (8 / 12, 55 / 125),
     (10 / 12, 65 / 125),
 )
+
+
+def _mlm_curve(ratio: float) -> float:
+    """The MLM guided fraction at depth ratio teacher/student (piecewise linear)."""
+    points = _DEPTH_RATIO_TO_FRACTION
+    for (r0, f0), (r1, f1) in itertools.pairwise(points):
+        if ratio <= r1:
+            return f0 + (f1 - f0) * (ratio - r0) / (r1 - r0)
+    return points[-1][1]
+
+
+# The GPT rows guide for a shorter share of the run than the RoBERTa curve at the same depth
+# ratio, and show no trend of their own over their narrow range of ratios (2/3 – 0.9): other
+# causal pairs take the MLM curve scaled by the median ratio of the GPT rows to it (≈ 0.58).
+_CLM_SCALE = statistics.median(g / t / _mlm_curve(tl / sl) for tl, sl, g, t, _ in _TABLE6_CLM)
+TABLE6 = {"mlm": _TABLE6_MLM, "clm": _TABLE6_CLM}
 
 
 def _is_int(x: object) -> bool:
@@ -70,31 +97,31 @@ def _check_step(step: object) -> int:
     return step  # type: ignore[return-value]
 
 
-def guided_steps_for(teacher_layers: int, student_layers: int, total_steps: int) -> int:
-    """Default teacher-guided duration G (papers/001 Table 6) for a run of ``total_steps``.
+def guided_steps_for(
+    teacher_layers: int, student_layers: int, total_steps: int, *, objective: str
+) -> int:
+    """Default teacher-guided duration G (papers/001 Table 6, papers/003 Table 7) for a run of
+    ``total_steps``, per objective: the RoBERTa rows for ``"mlm"``, the GPT rows for ``"clm"``.
 
-    A depth pair listed in Table 6 gets its own ratio G/T; any other pair the ratio
-    interpolated over the depth ratio teacher/student (deeper teachers guide longer).
-    Returns an int in [1, total_steps].
+    A depth pair listed for the objective gets its own ratio G/T; any other pair the ratio
+    interpolated over the depth ratio teacher/student (deeper teachers guide longer), scaled
+    for causal LMs to their rows (``_CLM_SCALE``). Returns an int in [1, total_steps].
     """
     for name, value in (("teacher_layers", teacher_layers), ("student_layers", student_layers)):
         if not _is_int(value) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not _is_int(total_steps) or total_steps < 1:
         raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-    fractions = [
-        g / t for tl, sl, g, t, _ in _TABLE6 if (tl, sl) == (teacher_layers, student_layers)
-    ]
+    if objective not in TABLE6:
+        raise ValueError(f"objective must be 'mlm' or 'clm', got {objective!r}")
+    rows = TABLE6[objective]
+    fractions = [g / t for tl, sl, g, t, _ in rows if (tl, sl) == (teacher_layers, student_layers)]
     if fractions:
         fraction = fractions[0]
     else:
-        ratio = teacher_layers / student_layers
-        points = _DEPTH_RATIO_TO_FRACTION
-        fraction = points[-1][1]
-        for (r0, f0), (r1, f1) in itertools.pairwise(points):
-            if ratio <= r1:
-                fraction = f0 + (f1 - f0) * (ratio - r0) / (r1 - r0)
-                break
+        fraction = _mlm_curve(teacher_layers / student_layers)
+        if objective == "clm":
+            fraction *= _CLM_SCALE
     return min(max(round(fraction * total_steps), 1), total_steps)
 
 

@@ -52,7 +52,9 @@ def _default_schedule(job: TrainJob, teacher: Model, student: Model) -> Inherita
     kind = params.pop("kind", "linear")
     steps = job.config.steps
     if kind in ("linear", "auto") and "alpha_T" not in params and "guided_steps" not in params:
-        params["guided_steps"] = guided_steps_for(teacher.layers, student.layers, steps)
+        params["guided_steps"] = guided_steps_for(
+            teacher.layers, student.layers, steps, objective=student.objective
+        )
     return InheritanceSchedule(kind=kind, total_steps=steps, **params)
 
 
