@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from typing import Any
 
+import numpy as np
 import pytest
 
 from lineage.inherit.schedules import (
@@ -13,6 +15,7 @@ from lineage.inherit.schedules import (
     InheritanceSchedule,
     guided_steps_for,
     inheritance_rate,
+    paired_gap,
 )
 
 
@@ -168,11 +171,25 @@ def _auto(**kw: object) -> AutoInheritance:
     return AutoInheritance(InheritanceSchedule(**args))
 
 
+def _losses(ppl: float, blocks: int = 16, spread: float = 0.0, seed: int = 0) -> list[float]:
+    """Per-block summed losses of 10 targets each whose mean is log(ppl); ``spread``: the
+    per-block noise (nats per target), zero-mean over the blocks."""
+    noise = np.random.default_rng(seed).normal(0.0, spread, blocks)
+    return list(10 * (math.log(ppl) + noise - noise.mean()))
+
+
+def _observe(auto: AutoInheritance, step: int, student: float, teacher: float, **kw: Any) -> Any:
+    blocks = kw.get("blocks", 16)
+    return auto.observe(
+        step, _losses(student, **kw), _losses(teacher, blocks=blocks), [10] * blocks
+    )
+
+
 def test_auto_stays_at_base_while_teacher_better() -> None:
     flat, linear = _auto(), _auto(guided_steps=800)
     for step in range(0, 600, 20):
-        flat.observe(step, student_ppl=20.0 - step / 100, teacher_ppl=12.0)
-        linear.observe(step, student_ppl=20.0 - step / 100, teacher_ppl=12.0)
+        _observe(flat, step, 20.0 - step / 100, 12.0)
+        _observe(linear, step, 20.0 - step / 100, 12.0)
     assert flat.anneal_start is None and flat.events == ()
     assert all(flat.rate(t) == 1.0 for t in range(1000))
     assert all(linear.rate(t) == linear.schedule.rate(t) for t in range(1000))
@@ -181,15 +198,17 @@ def test_auto_stays_at_base_while_teacher_better() -> None:
 @pytest.mark.parametrize("base", [{}, {"alpha_T": 1.25}])
 def test_auto_anneals_smoothly_after_surpassing(base: dict) -> None:
     auto = _auto(patience=2, **base)
-    ppl = {0: 30.0, 100: 15.0, 200: 9.0, 300: 11.0, 400: 9.5, 500: 9.0}
+    ppl = {0: 5.0, 100: 15.0, 200: 9.0, 300: 11.0, 400: 9.5, 500: 9.0}
     for step, student in ppl.items():
-        auto.observe(step, student_ppl=student, teacher_ppl=10.0)
-    assert [e.reason for e in auto.events] == [
-        "student_ahead",
-        "streak_reset",
-        "student_ahead",
-        "anneal_start",
+        _observe(auto, step, student, 10.0)
+    assert [(e.step, e.reason) for e in auto.events] == [
+        (200, "student_ahead"),  # step 0 (far ahead: 5 vs 10) never counts
+        (300, "streak_reset"),
+        (400, "student_ahead"),
+        (500, "anneal_start"),
     ]
+    assert auto.events[-1].gap == pytest.approx(math.log(9.0 / 10.0))
+    assert auto.events[-1].student_ppl == pytest.approx(9.0)
     assert auto.anneal_start == 500
     rates = [auto.rate(t) for t in range(1001)]
     assert rates[500] == auto.schedule.rate(500)  # no cliff at the switch
@@ -201,43 +220,89 @@ def test_auto_anneals_smoothly_after_surpassing(base: dict) -> None:
 
 
 def test_auto_margin_and_once_annealed_stays() -> None:
-    auto = _auto(margin=0.1)
-    auto.observe(10, student_ppl=9.5, teacher_ppl=10.0)  # ahead, but not by 10 %
+    auto = _auto(margin=0.1, patience=1)
+    _observe(auto, 10, 9.5, 10.0)  # ahead, but not by 10 %
     assert auto.anneal_start is None
-    auto.observe(20, student_ppl=8.9, teacher_ppl=10.0)
+    _observe(auto, 20, 8.9, 10.0)
     assert auto.anneal_start == 20
-    assert auto.observe(30, student_ppl=50.0, teacher_ppl=10.0) is None  # the anneal is final
+    assert _observe(auto, 30, 50.0, 10.0) is None  # the anneal is final
     assert auto.rate(100) == 0.0
+
+
+def test_auto_needs_the_gap_beyond_its_standard_error() -> None:
+    """The same mean gap (student 3 % ahead) is a decision only when the blocks agree on it."""
+    noisy, clear = _auto(patience=1), _auto(patience=1)
+    for step in (10, 20, 30):
+        _observe(noisy, step, 9.7, 10.0, spread=0.5, seed=step)  # SE ≈ 0.13 nats > gap 0.03
+        _observe(clear, step, 9.7, 10.0, spread=0.01, seed=step)
+    assert noisy.events == () and noisy.anneal_start is None
+    assert clear.anneal_start == 10
+    assert clear.events[0].se < 0.01 and clear.events[0].gap == pytest.approx(math.log(0.97))
+
+
+def test_auto_identical_models_never_surpass() -> None:
+    """A student computing its teacher's function up to float noise (FPI growth) is not ahead,
+    however small the noise: the practical margin holds even when the SE is ~1e-8."""
+    auto = _auto(patience=1)
+    rng = np.random.default_rng(0)
+    teacher = _losses(50.0, spread=0.3)
+    for step in range(0, 200, 10):
+        student = list(np.asarray(teacher) - np.abs(rng.normal(0, 1e-6, 16)))  # always lower
+        auto.observe(step, student, teacher, [10] * 16)
+    assert auto.events == () and auto.anneal_start is None
+
+
+def test_paired_gap_is_the_cluster_robust_ratio_estimate() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(5, 15, 40)
+    teacher = rng.normal(4.0, 0.3, 40) * counts
+    student = teacher + rng.normal(-0.05, 0.1, 40) * counts
+    gap, se = paired_gap(student, teacher, counts)
+    d = student - teacher
+    assert gap == pytest.approx(d.sum() / counts.sum())
+    resid = d - gap * counts
+    assert se == pytest.approx(np.sqrt(40 / 39 * (resid**2).sum()) / counts.sum())
+    # Equal counts: the plain standard error of the per-block mean differences.
+    even = np.full(40, 10)
+    gap, se = paired_gap(student, teacher, even)
+    per_block = (student - teacher) / 10
+    assert se == pytest.approx(per_block.std(ddof=1) / np.sqrt(40))
+    assert paired_gap(teacher, teacher, counts) == (0.0, 0.0)
+    assert paired_gap([1.0], [2.0], [4]) == (-0.25, math.inf)  # one block: no evidence
 
 
 def test_auto_bad_observations() -> None:
     auto = _auto(patience=2)
-    assert auto.observe(10, 5.0, 6.0) is not None
-    assert auto.observe(10, 5.0, 6.0) is None  # a re-evaluation of the same step counts once
+    assert _observe(auto, 10, 5.0, 6.0) is not None
+    assert _observe(auto, 10, 5.0, 6.0) is None  # a re-evaluation of the same step counts once
     assert auto.anneal_start is None
     with pytest.raises(ValueError, match="move forward"):
-        auto.observe(9, 5.0, 6.0)
-    with pytest.raises(ValueError, match="student_ppl"):
-        auto.observe(20, float("nan"), 6.0)
-    with pytest.raises(ValueError, match="teacher_ppl"):
-        auto.observe(20, 5.0, 0.0)
+        _observe(auto, 9, 5.0, 6.0)
+    with pytest.raises(ValueError, match="finite"):
+        auto.observe(20, [float("nan")] * 2, [1.0, 1.0], [1, 1])
+    with pytest.raises(ValueError, match="equal"):
+        auto.observe(20, [1.0, 2.0], [1.0], [1, 1])
+    with pytest.raises(ValueError, match="targets"):
+        auto.observe(20, [1.0], [1.0], [0])
     with pytest.raises(ValueError, match="auto schedule"):
         AutoInheritance(InheritanceSchedule(kind="constant", total_steps=10))
+    with pytest.raises(ValueError, match="z must"):
+        InheritanceSchedule(kind="auto", total_steps=10, z=-1.0)
 
 
 def test_auto_resume_gives_identical_rates() -> None:
     observations = [(s, 20.0 - s / 80, 12.0) for s in range(0, 1000, 25)]
     straight = _auto(alpha_T=0.8, patience=3, margin=0.05)
     for obs in observations:
-        straight.observe(*obs)
+        _observe(straight, *obs)
     first = _auto(alpha_T=0.8, patience=3, margin=0.05)
     for obs in observations[:29]:  # stop mid-streak: ahead at 700, patience 3
-        first.observe(*obs)
+        _observe(first, *obs)
     saved = json.loads(json.dumps(first.state_dict()))
     resumed = _auto(alpha_T=0.8, patience=3, margin=0.05)
     resumed.load_state_dict(saved)
     for obs in observations[29:]:
-        resumed.observe(*obs)
+        _observe(resumed, *obs)
     assert first.state_dict()["streak"] == 1
     assert straight.anneal_start == 750
     assert resumed.events == straight.events

@@ -9,8 +9,12 @@ Eq. 3 weighs the losses as (1 − α_t)·L_SELF + α_t·L_KI. The paper's schedu
 
 ``auto`` goes beyond the paper, whose limitation (1) is that α_T must be guessed: it holds α at
 its base (a linear schedule, or 1) while the teacher is better on held-out data and anneals α
-to 0 once the student has surpassed it (``AutoInheritance``). Everything here is pure or, for
-``AutoInheritance``, stateful without I/O; the trainer logs the events.
+to 0 once the student has surpassed it (``AutoInheritance``). "Surpassed" is a paired test on
+the same held-out targets: the student's mean loss must be below the teacher's by more than
+``z`` standard errors and by a practical margin, at ``patience`` consecutive evaluations after
+step 0 (a student grown from its teacher by FPI computes the same function, and must not end
+guidance on float noise). Everything here is pure or, for ``AutoInheritance``, stateful without
+I/O; the trainer measures both models at the same precision and logs the events.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import dataclasses
 import itertools
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "SCHEDULE_KINDS",
@@ -30,6 +37,7 @@ __all__ = [
     "InheritanceSchedule",
     "guided_steps_for",
     "inheritance_rate",
+    "paired_gap",
 ]
 
 SCHEDULE_KINDS = ("linear", "heaviside", "constant", "auto")
@@ -135,8 +143,9 @@ class InheritanceSchedule:
     guided_steps: int | None = None  # linear (auto: optional base): instead of α_T, ends at G
     switch_step: int | None = None  # heaviside: α = 1 before this step, 0 from it on
     constant: float = 0.5  # constant: α at every step (paper's 1 : 1 = 0.5)
-    margin: float = 0.0  # auto: student PPL must be below teacher PPL × (1 − margin) ...
-    patience: int = 1  # auto: ... at this many consecutive observations
+    margin: float = 0.01  # auto: student PPL must be below teacher PPL × (1 − margin) ...
+    z: float = 2.0  # auto: ... and its mean loss below the teacher's by z standard errors ...
+    patience: int = 2  # auto: ... at this many consecutive observations (step 0 never counts)
     anneal_steps: int | None = None  # auto: steps from surpassing to α = 0 (None: T // 10)
 
     def __post_init__(self) -> None:
@@ -166,6 +175,8 @@ class InheritanceSchedule:
             raise ValueError(f"constant must lie in [0, 1], got {self.constant!r}")
         if not 0.0 <= self.margin < 1.0:
             raise ValueError(f"margin must lie in [0, 1), got {self.margin!r}")
+        if not (math.isfinite(self.z) and self.z >= 0):
+            raise ValueError(f"z must be a number >= 0, got {self.z!r}")
         if not _is_int(self.patience) or self.patience < 1:
             raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
         if self.anneal_steps is not None and (
@@ -258,6 +269,34 @@ def inheritance_rate(
     return plan.rate(step)
 
 
+def paired_gap(
+    student: Sequence[float], teacher: Sequence[float], counts: Sequence[int]
+) -> tuple[float, float]:
+    """Mean per-target loss difference student − teacher (nats) on the same targets, and its
+    standard error.
+
+    ``student``/``teacher``: [B] summed cross-entropy of each held-out block, ``counts``: [B]
+    targets per block. Tokens of one block are not independent, so the error treats blocks as
+    clusters (the ratio estimator's cluster-robust variance): with d_b the block's summed
+    difference, n_b its targets, N = Σ n_b and m = Σ d_b / N,
+    SE = sqrt(B / (B − 1) · Σ (d_b − m·n_b)²) / N. One block: SE = inf (no evidence).
+    """
+    s, t = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    if not (s.shape == t.shape == n.shape and s.ndim == 1 and len(s) > 0):
+        raise ValueError(f"need equal, non-empty [B] arrays, got {s.shape}, {t.shape}, {n.shape}")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))) or np.any(n < 0) or n.sum() <= 0:
+        raise ValueError("losses must be finite and the blocks must hold targets")
+    total = float(n.sum())
+    d = s - t
+    mean = float(d.sum()) / total
+    blocks = len(d)
+    if blocks < 2:
+        return mean, math.inf
+    resid = d - mean * n
+    return mean, math.sqrt(blocks / (blocks - 1) * float(resid @ resid)) / total
+
+
 @dataclass(frozen=True)
 class InheritanceEvent:
     """A change in an auto schedule's state, for the trainer to log."""
@@ -266,6 +305,8 @@ class InheritanceEvent:
     reason: str  # "student_ahead" (a streak begins), "streak_reset", "anneal_start"
     student_ppl: float
     teacher_ppl: float
+    gap: float = math.nan  # mean loss difference student − teacher (nats); < 0: student ahead
+    se: float = math.nan  # its standard error
 
 
 @dataclass
@@ -280,9 +321,13 @@ class AutoInheritance:
     """Adaptive α_t for one teacher: base rate while the teacher is better, then a linear
     anneal to 0 over ``anneal_length`` steps once the student has surpassed it.
 
-    The trainer calls ``observe`` at evaluation intervals with both models' perplexities on a
-    held-out sample of that teacher's shards, and ``rate`` every step. Once begun, the anneal
-    is final. α never drops by more than 1/anneal_length per step beyond the base's own slope.
+    The trainer calls ``observe`` at evaluation intervals with both models' per-block losses
+    on the same held-out targets of that teacher's shards (measured at the same precision), and
+    ``rate`` every step. The student is ahead when its mean loss is below the teacher's by
+    more than ``z`` standard errors (``paired_gap``) and by log(1 − margin) nats; after
+    ``patience`` such evaluations in a row the anneal begins, and is final. Step 0 never counts:
+    nothing has been trained, so "ahead" there only says how the student was initialised. α
+    never drops by more than 1/anneal_length per step beyond the base's own slope.
     """
 
     def __init__(self, schedule: InheritanceSchedule) -> None:
@@ -299,26 +344,34 @@ class AutoInheritance:
     def anneal_start(self) -> int | None:
         return self._state.anneal_start
 
-    def observe(self, step: int, student_ppl: float, teacher_ppl: float) -> InheritanceEvent | None:
-        """Record an evaluation at ``step``; returns the event it caused, if any.
+    def ahead(self, gap: float, se: float) -> bool:
+        """Is a student with mean loss difference ``gap`` ± ``se`` ahead of its teacher?"""
+        return gap + self.schedule.z * se < math.log1p(-self.schedule.margin)
 
-        A second observation at the last observed step (a resumed run re-evaluating its last
-        step) is ignored, so resuming never counts one evaluation twice.
+    def observe(
+        self,
+        step: int,
+        student: Sequence[float],
+        teacher: Sequence[float],
+        counts: Sequence[int],
+    ) -> InheritanceEvent | None:
+        """Record an evaluation at ``step``: per-block summed losses of the student and the
+        teacher on the same targets, ``counts`` targets per block. Returns the event it caused.
+
+        Step 0 and a second observation at the last observed step (a resumed run re-evaluating
+        its last step, so one evaluation never counts twice) are ignored.
         """
         t = _check_step(step)
-        for name, ppl in (("student_ppl", student_ppl), ("teacher_ppl", teacher_ppl)):
-            if math.isnan(ppl) or ppl <= 0:
-                raise ValueError(f"{name} must be a positive number, got {ppl!r}")
+        gap, se = paired_gap(student, teacher, counts)
         st = self._state
         if st.last_step is not None and t < st.last_step:
             raise ValueError(f"observations must move forward: step {t} after {st.last_step}")
-        if t == st.last_step or st.anneal_start is not None:
+        if t == 0 or t == st.last_step or st.anneal_start is not None:
             st.last_step = t
             return None
         st.last_step = t
-        ahead = student_ppl < teacher_ppl * (1.0 - self.schedule.margin)
         reason: str | None = None
-        if ahead:
+        if self.ahead(gap, se):
             st.streak += 1
             if st.streak >= self.schedule.patience:
                 st.anneal_start, reason = t, "anneal_start"
@@ -328,7 +381,15 @@ class AutoInheritance:
             st.streak, reason = 0, "streak_reset"
         if reason is None:
             return None
-        event = InheritanceEvent(t, reason, float(student_ppl), float(teacher_ppl))
+        total = float(np.sum(counts))
+        event = InheritanceEvent(
+            t,
+            reason,
+            student_ppl=math.exp(float(np.sum(student)) / total),
+            teacher_ppl=math.exp(float(np.sum(teacher)) / total),
+            gap=gap,
+            se=se,
+        )
         st.events.append(event)
         return event
 

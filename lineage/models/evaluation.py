@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -33,6 +33,10 @@ class EvalResult:
     loss: float  # mean cross-entropy (nats) over the target tokens
     ppl: float  # exp(loss)
     n_tokens: int  # target tokens scored
+    # Per block scored: summed cross-entropy and target count (paired comparisons of two models
+    # on the same targets: lineage.inherit.schedules.paired_gap).
+    block_losses: tuple[float, ...] = field(default=(), repr=False)
+    block_targets: tuple[int, ...] = field(default=(), repr=False)
 
 
 def fixed_mlm_targets(
@@ -98,7 +102,8 @@ def evaluate(
     head = TargetLogits(lm)
     was_training = lm.training
     lm.eval()
-    total, count = 0.0, 0
+    sums: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -116,13 +121,23 @@ def evaluate(
             inputs, labels = inputs.to(device), labels.to(device)
             with autocast:
                 logits = head(inputs, None, labels)  # [N, V]
-            targets = labels[labels != IGNORE_INDEX]
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-            total += float(loss)
-            count += int(targets.numel())
+            target = labels != IGNORE_INDEX  # [b, T]
+            loss = F.cross_entropy(logits.float(), labels[target], reduction="none")  # [N]
+            rows = target.nonzero()[:, 0]  # [N] block of each target, row-major like the logits
+            sums.append(torch.zeros(len(chunk), device=device).index_add_(0, rows, loss).cpu())
+            counts.append(target.sum(1).cpu())
     finally:
         lm.train(was_training)
+    block_losses = torch.cat(sums).double()
+    block_targets = torch.cat(counts)
+    count = int(block_targets.sum())
     if count == 0:
         raise LineageError("the evaluation blocks hold no prediction targets")
-    mean = total / count
-    return EvalResult(loss=mean, ppl=math.exp(mean), n_tokens=count)
+    mean = float(block_losses.sum()) / count
+    return EvalResult(
+        loss=mean,
+        ppl=math.exp(mean),
+        n_tokens=count,
+        block_losses=tuple(block_losses.tolist()),
+        block_targets=tuple(block_targets.tolist()),
+    )

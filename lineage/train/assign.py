@@ -20,7 +20,6 @@ from lineage.errors import ConflictError, LineageError
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.inherit.teachers import ensure_cache
-from lineage.models.evaluation import evaluate
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
 from lineage.train.config import AutoSample
@@ -194,9 +193,10 @@ def eval_sets(ws: Workspace, job: TrainJob, student: Model) -> dict[str, np.ndar
 
 
 def auto_samples(
-    ws: Workspace, job: TrainJob, assigned: list[Assigned], student: Model, info: TokenizerInfo
+    ws: Workspace, job: TrainJob, assigned: list[Assigned], student: Model
 ) -> dict[str, AutoSample]:
-    """Held-out blocks of each auto-scheduled teacher's domains, with its perplexity on them."""
+    """Held-out blocks of each auto-scheduled teacher's domains, with the teacher's model (the
+    loop measures it once, as it measures the student)."""
     out: dict[str, AutoSample] = {}
     for a in assigned:
         if a.teacher is None or a.schedule is None or a.schedule.kind != "auto" or a.teacher in out:
@@ -209,12 +209,5 @@ def auto_samples(
             ]
         )
         teacher = load_model(Path(ws.registry.model(a.teacher).path))
-        ppl = evaluate(
-            teacher,
-            blocks,
-            objective=student.objective,
-            batch_size=job.config.eval_batch_size,
-            tokenizer=info,
-        ).ppl
-        out[a.teacher] = AutoSample(blocks=blocks, teacher_ppl=ppl)
+        out[a.teacher] = AutoSample(blocks=blocks, teacher=teacher)
     return out

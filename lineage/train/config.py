@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,10 +73,13 @@ class RateSchedule(Protocol):
 
 @dataclass(frozen=True)
 class AutoSample:
-    """Held-out blocks on which an AutoInheritance teacher and the student are compared."""
+    """Held-out blocks on which an AutoInheritance teacher and the student are compared.
+
+    The loop measures the teacher once, with the same evaluation (precision, masks) as the
+    student, so the two are compared target by target."""
 
     blocks: np.ndarray  # [n, T] token blocks of the teacher's domain
-    teacher_ppl: float | None = None  # measured beforehand; None = measure the online teacher
+    teacher: Any = None  # the teacher's model (PreTrainedModel); None = the online teacher
 
 
 @dataclass

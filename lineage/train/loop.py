@@ -9,8 +9,10 @@ parameter groups, the learning-rate schedule, Alg. 2's frozen parameters — are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,7 +163,7 @@ class Loop:
         self.model = cast(PreTrainedModel, base)  # the unwrapped Hugging Face model
         self.vocab = embedding_rows(base)
         self.teachers = dict(kw["online_teachers"] or {})
-        self.teacher_ppl: dict[str, float] = {}
+        self.teacher_evals: dict[str, EvalResult] = {}  # auto schedules: measured once
         self.history: list[dict[str, float]] = []
         self.step = 0
         self.tokens = 0
@@ -247,7 +249,6 @@ class Loop:
                 self.schedules[name].load_state_dict(saved)  # type: ignore[attr-defined]
         self.step = state.step
         self.history = list(state.extra.get("history", []))
-        self.teacher_ppl = dict(state.extra.get("teacher_ppl", {}))
         run_id = self.tracker.run_id
         if self.main and state.run_id and run_id and state.run_id != run_id:
             log.warning("checkpoint belongs to run %s, logging to run %s", state.run_id, run_id)
@@ -384,27 +385,33 @@ class Loop:
         self.eval_time += time.perf_counter() - start
         return results
 
+    def teacher_eval(self, name: str) -> EvalResult:
+        """The teacher's losses on its held-out sample, measured once like the student's (the
+        same device, autocast and masks), so the two compare target by target."""
+        if name not in self.teacher_evals:
+            sample = self.auto_samples[name]
+            teacher = sample.teacher if sample.teacher is not None else self.teachers.get(name)
+            if teacher is None:
+                raise LineageError(f"teacher {name!r}: give its model in the held-out sample")
+            teacher.to(self.acc.device).eval()
+            self.teacher_evals[name] = self._eval(teacher, sample.blocks)
+            if sample.teacher is not None:  # measured: the loop needs it no more
+                self.auto_samples[name] = dataclasses.replace(sample, teacher=None)
+        return self.teacher_evals[name]
+
     def observe_auto(self, name: str, schedule: Any) -> dict[str, float]:
-        """Student vs teacher perplexity on the teacher's held-out sample; logs new events."""
-        sample = self.auto_samples[name]
-        if name not in self.teacher_ppl:
-            if sample.teacher_ppl is not None:
-                self.teacher_ppl[name] = float(sample.teacher_ppl)
-            elif name in self.teachers:
-                self.teacher_ppl[name] = self._eval(self.teachers[name], sample.blocks).ppl
-            else:
-                raise LineageError(f"teacher {name!r}: give its held-out perplexity or the model")
-        student = self._eval(self.model, sample.blocks).ppl
+        """Student vs teacher on the teacher's held-out sample (paired per block); logs events."""
+        teacher = self.teacher_eval(name)
+        student = self._eval(self.model, self.auto_samples[name].blocks)
         # Every rank must take the same decision: average the (nearly equal) measurements.
-        student = float(self.acc.reduce(torch.tensor(student, device=self.acc.device), "mean"))
+        sums = torch.tensor(student.block_losses, dtype=torch.float64, device=self.acc.device)
+        losses = self.acc.reduce(sums, "mean").cpu().tolist()
         seen = len(schedule.events)
-        schedule.observe(self.step, student, self.teacher_ppl[name])
+        schedule.observe(self.step, losses, teacher.block_losses, teacher.block_targets)
         for i, event in enumerate(list(schedule.events)[seen:], start=seen):
             self.tracker.set_tags({f"ki_event.{name}.{i}": str(event)})
-        return {
-            f"auto/{name}/student_ppl": student,
-            f"auto/{name}/teacher_ppl": self.teacher_ppl[name],
-        }
+        student_ppl = math.exp(sum(losses) / max(teacher.n_tokens, 1))
+        return {f"auto/{name}/student_ppl": student_ppl, f"auto/{name}/teacher_ppl": teacher.ppl}
 
     def log_window(self, window: Window) -> None:
         metrics = window.means()
@@ -423,7 +430,7 @@ class Loop:
                 self.sampler.state_dict(),
                 schedules,
                 run_id=self.tracker.run_id,
-                extra={"history": self.history, "teacher_ppl": self.teacher_ppl},
+                extra={"history": self.history},
             )
             save_checkpoint(
                 checkpoint_dir,

@@ -186,7 +186,7 @@ def _train(
         resume=job.resume,
         progress=progress,
         tokenizer=tokenizer,
-        auto_samples=auto_samples(ws, job, assigned, student, info),
+        auto_samples=auto_samples(ws, job, assigned, student),
     )
     return result, _teacher_params(job, assigned, schedules)
 
