@@ -21,8 +21,10 @@ from lineage.inherit.cache_build import (
     blocks_digest,
     build_cache,
     index_dtype,
+    teacher_topk,
     weights_digest,
 )
+from lineage.inherit.losses import ki_loss
 
 V, T, N_BLOCKS = 300, 16, 10
 MASK_ID, SPECIAL = 4, (0, 1, 2, 3)
@@ -92,6 +94,37 @@ def assert_topk_matches(batch, fresh: torch.Tensor, k: int) -> None:
         fresh.gather(1, batch.topk_indices), batch.topk_logits, atol=1e-2, rtol=1e-3
     )
     assert torch.all(batch.topk_logits[:, :-1] >= batch.topk_logits[:, 1:])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "roberta"])
+def test_teacher_topk_in_float32_under_bf16_autocast(family: str) -> None:
+    """The teacher's head and top-K run in float32 under autocast: bf16 logits (old path) were
+    off by up to ~0.07 here and reordered ~10 % of the top-10; the fp32 head leaves only the
+    backbone's rounding, and the KL to a student tracks the exact (fp32) teacher's."""
+    teacher = gpt2() if family == "gpt2" else roberta()
+    with torch.no_grad():  # logits of a few units (std ~2), like a trained LM's
+        teacher.get_output_embeddings().weight.mul_(12)
+    ids = torch.from_numpy(make_blocks(4).astype(np.int64))
+    labels = ids if family == "gpt2" else torch.where(torch.rand(ids.shape) < 0.5, ids, -100)
+    with torch.no_grad():
+        exact = teacher(input_ids=ids).logits[labels != IGNORE_INDEX]  # [N, V] fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            old = teacher(input_ids=ids).logits[labels != IGNORE_INDEX].float()
+    values, indices = teacher_topk(teacher, ids, labels, 10, torch.device("cpu"), torch.bfloat16)
+    assert values.dtype == torch.float32 and indices.shape == (len(exact), 10)
+    ev, ei = exact.topk(10)
+    ov, oi = old.topk(10)
+    new_err, old_err = (values - ev).abs().max(), (ov - ev).abs().max()
+    assert new_err < 0.01 and new_err < old_err / 5
+    assert (indices == ei).float().mean() > (oi == ei).float().mean()
+    student = exact + torch.randn(exact.shape, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    def kl(v: torch.Tensor, i: torch.Tensor) -> float:
+        y = ids[labels != IGNORE_INDEX]
+        kw = {"teacher_topk_indices": i, "teacher_topk_logits": v}
+        return float(ki_loss(student, y, alpha=1.0, **kw).ki_loss)
+
+    assert abs(kl(values, indices) - kl(ev, ei)) < abs(kl(ov, oi) - kl(ev, ei))
 
 
 def test_index_dtype_is_smallest_that_fits() -> None:

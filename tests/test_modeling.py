@@ -122,6 +122,25 @@ def test_target_logits_equal_full_logits_at_targets(family: str, tok_dir: Path) 
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "roberta"])
+def test_fp32_head_under_autocast(family: str, tok_dir: Path) -> None:
+    """fp32_head: the backbone runs under bf16 autocast, the head in float32."""
+    tok = load_tokenizer(tok_dir)
+    torch.manual_seed(0)
+    config = build_config(family, "tiny", tok, 32)
+    auto = AutoModelForMaskedLM if FAMILIES[family] == "mlm" else AutoModelForCausalLM
+    model = auto.from_config(config).eval()
+    ids = torch.randint(5, 300, (3, 32))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = TargetLogits(model)(ids, None, ids)
+        full = TargetLogits(model, fp32_head=True)(ids, None, ids)
+        hidden = TargetLogits(model).hidden(ids, None).reshape(-1, config.hidden_size)
+    with torch.no_grad():
+        want = TargetLogits(model).project(hidden.float())  # the same rows, head in fp32
+    assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
+    torch.testing.assert_close(full, want, atol=1e-5, rtol=1e-5)
+
+
 def test_vocabulary_mismatch_refused(tok_dir: Path, tmp_path: Path) -> None:
     model_dir = create_model("gpt2", "tiny", tok_dir, tmp_path / "m", seed=0)
     spec = json.loads((model_dir / "tokenizer.json").read_text())

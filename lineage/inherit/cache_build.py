@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -112,26 +112,38 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def teacher_topk(
-    teacher: torch.nn.Module, input_ids: Tensor, labels: Tensor, k: int, device: torch.device
+    teacher: torch.nn.Module,
+    input_ids: Tensor,
+    labels: Tensor,
+    k: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k teacher logits at the target positions, left on ``device`` (no host sync).
 
     input_ids, labels: [B, T] -> (logits [N, k] float32 descending, indices [N, k] long),
-    N = (labels != IGNORE_INDEX).sum(), rows in row-major order of the targets.
+    N = (labels != IGNORE_INDEX).sum(), rows in row-major order of the targets. The backbone
+    runs under ``autocast_dtype`` (default: bf16 on CUDA, none elsewhere); the output head and
+    the top-k selection always run in float32 (``TargetLogits(fp32_head=True)``).
     """
+    from lineage.models.modeling import TargetLogits  # transformers: slow import, used here only
+
+    if autocast_dtype is None and device.type == "cuda":
+        autocast_dtype = torch.bfloat16
+    wrapped = TargetLogits(cast("PreTrainedModel", teacher), fp32_head=True)
     # Target rows are found on the host, so selecting them on the GPU needs no sync.
     rows = (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
     with (
         torch.no_grad(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
     ):
-        logits = teacher(input_ids=input_ids.to(device, non_blocking=True)).logits  # [B, T, V]
-    flat, rows = logits.reshape(-1, logits.shape[-1]), rows.to(device)  # [B·T, V], [N]
-    if 2 * len(rows) > len(flat):  # causal: nearly every row; copying [N, V] would cost more
-        values, indices = flat.topk(k, dim=-1)
-        values, indices = values.index_select(0, rows), indices.index_select(0, rows)
-    else:  # MLM: ~15 % of rows; select them first
-        values, indices = flat.index_select(0, rows).topk(k, dim=-1)
+        hidden = wrapped.hidden(input_ids.to(device, non_blocking=True), None)  # [B, T, d]
+        flat, rows = hidden.reshape(-1, hidden.shape[-1]), rows.to(device)  # [B·T, d], [N]
+        if 2 * len(rows) > len(flat):  # causal: nearly every row; copying [N, V] would cost more
+            values, indices = wrapped.project(flat).topk(k, dim=-1)
+            values, indices = values.index_select(0, rows), indices.index_select(0, rows)
+        else:  # MLM: ~15 % of rows; select them first
+            values, indices = wrapped.project(flat.index_select(0, rows)).topk(k, dim=-1)
     return values.float(), indices
 
 

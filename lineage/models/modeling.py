@@ -190,19 +190,39 @@ class TargetLogits(nn.Module):
     where ``labels != -100`` — for MLM that is ~15 % of them, which saves most of the head's
     compute and all of the [B, T, V] logits memory. Models whose head cannot be found fall
     back to full logits then selection. Wrap this module (not the LM) for DDP so gradients sync.
+
+    ``fp32_head``: run the head in float32 even under a bf16/fp16 autocast (the backbone stays
+    in half precision). Teachers use it: bf16 logits carry ~3 significant digits, so a logit
+    of 10 is off by up to 0.03, which reorders near-ties of the top-K and bends the KL target.
     """
 
-    def __init__(self, lm: PreTrainedModel) -> None:
+    def __init__(self, lm: PreTrainedModel, fp32_head: bool = False) -> None:
         super().__init__()
         self.lm = lm
+        self.fp32_head = fp32_head
         heads = [name for name, _ in lm.named_children() if name != lm.base_model_prefix]
         self._head = heads[0] if len(heads) == 1 and lm.base_model is not lm else None
+
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """[B, T] -> the head's input [B, T, d] (or, without a known head, the logits [B, T, V],
+        computed in float32 throughout when ``fp32_head``)."""
+        if self._head is not None:
+            return self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        with torch.autocast(input_ids.device.type, enabled=not self.fp32_head):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """hidden's rows [..., d] -> logits [..., V] (identity without a known head)."""
+        if self._head is None:
+            return hidden
+        head = getattr(self.lm, self._head)
+        if not self.fp32_head:
+            return head(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return head(hidden.to(next(head.parameters()).dtype))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor) -> Tensor:
         """input_ids, labels: [B, T]; attention_mask [B, T] or None -> logits [N, V] for the
         N = (labels != -100).sum() target positions in row-major order."""
         target = labels != -100  # [B, T] bool
-        if self._head is None:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[target]
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-        return getattr(self.lm, self._head)(hidden[target])  # [N, d] -> [N, V]
+        return self.project(self.hidden(input_ids, attention_mask)[target])  # [N, d] -> [N, V]

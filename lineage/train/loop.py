@@ -282,7 +282,8 @@ class Loop:
                 "not among the online teachers"
             )
         with torch.no_grad(), self.acc.autocast():
-            logits = TargetLogits(teacher)(batch.input_ids, batch.attention_mask, batch.labels)
+            head = TargetLogits(teacher, fp32_head=True)  # the KI target in float32 (fix 5)
+            logits = head(batch.input_ids, batch.attention_mask, batch.labels)
         return {"teacher_logits": logits}
 
     def micro_step(self, batch: Batch, window: Window) -> KILoss:
