@@ -7,7 +7,8 @@ source model (``--family``, default GPT-2; 2 layers x 64) trains for ``--source-
 and is registered. Then a larger target (4 x 128) trains for ``--steps`` steps, the same data
 order and optimizer for every run, from:
 
-- scratch (random init), DirectCopy, FPI, AKI (each grown with ``lineage grow``'s
+- scratch (random init), DirectCopy (new units at the source's scale, the paper's baseline),
+  DirectCopy with the HF init in the new units, FPI, AKI (each grown with ``lineage grow``'s
   ``grow_workspace_model``: registered, grow edge, source-vs-grown loss);
 - AKI + two-stage training (Alg. 2: sub-models of ``--l-b``, 2·l_b, … layers for
   ``--stage-one`` of the steps);
@@ -202,6 +203,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--l-b", type=int, default=2, help="two-stage: layers per sub-model step")
     parser.add_argument("--stage-one", type=float, default=0.15, help="two-stage: E_b / E")
     parser.add_argument("--seed", type=int, default=0, help="growth maps and scratch init")
+    parser.add_argument(
+        "--growth-only", action="store_true", help="stop after the loss right after growth"
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
     return parser.parse_args()
 
@@ -221,9 +225,9 @@ def new_model(
 
 
 def grow_all(ws: Workspace, src: ModelShape, tgt: ModelShape, args: argparse.Namespace) -> None:
-    """Grow the source by each method (registered as copy / fpi / aki); print the losses."""
+    """Grow the source by each method (registered under the method's name); print the losses."""
     after: dict[str, tuple[float, float]] = {}
-    for method in ("copy", "fpi", "aki"):
+    for method in ("copy", "copy-hf-init", "fpi", "aki"):
         _, report = grow_workspace_model(
             ws,
             "source",
@@ -240,7 +244,8 @@ def grow_all(ws: Workspace, src: ModelShape, tgt: ModelShape, args: argparse.Nam
     loss = {m: f"{g:.3f}" for m, (_, g) in after.items()}
     print(
         f"loss right after growth to {args.target} (source {after['fpi'][0]:.3f}): "
-        f"FPI {loss['fpi']}, AKI {loss['aki']}, DirectCopy {loss['copy']}"
+        f"FPI {loss['fpi']}, AKI {loss['aki']}, DirectCopy {loss['copy']} "
+        f"(new units at the HF init: {loss['copy-hf-init']})"
     )
     if tgt.hidden % src.hidden == 0:  # width alone, an integer multiple: FPI is exact
         _, width = grow_workspace_model(
@@ -280,11 +285,14 @@ def main() -> None:
         )
         new_model(ws, "scratch", tgt, args, args.seed + 1)
         grow_all(ws, src, tgt, args)
+        if args.growth_only:
+            return
         two_stage = {"two_stage_layers": args.l_b, "two_stage_fraction": args.stage_one}
         runs: list[tuple[str, str, dict[str, object]]] = [
             ("scratch", "scratch", {}),
             ("scratch + KI", "scratch", {"teacher": "source"}),
             ("DirectCopy", "copy", {}),
+            ("DirectCopy, HF init", "copy-hf-init", {}),
             ("FPI", "fpi", {}),
             ("AKI", "aki", {}),
             ("AKI + two-stage", "aki", two_stage),

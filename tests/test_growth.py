@@ -294,7 +294,7 @@ def test_direct_copy_keeps_the_source_block_and_random_init_elsewhere() -> None:
     cfg = tiny_config("llama_gqa")
     sd = fresh_model(cfg, seed=3).state_dict()
     target = grown_config(cfg, layers=2, hidden=96)
-    grown, _ = grow_state_dict(sd, cfg, target, method="copy", seed=7)
+    grown, _ = grow_state_dict(sd, cfg, target, method="copy-hf-init", seed=7)
     init = fresh_model(target, seed=7).state_dict()
     emb = "model.embed_tokens.weight"
     assert torch.equal(grown[emb][:, :64], sd[emb]) and torch.equal(
@@ -307,6 +307,28 @@ def test_direct_copy_keeps_the_source_block_and_random_init_elsewhere() -> None:
     )
     again, _ = grow_state_dict(sd, cfg, target, method="copy", seed=7, init_state_dict=init)
     assert all(torch.equal(again[k], grown[k]) for k in grown)
+
+
+def test_direct_copy_draws_new_units_at_the_source_scale() -> None:
+    """DirectCopy's new units follow each source tensor's mean and spread (scaled-up weights:
+    the new block is as loud as the copied one), one draw per tensor, reproducible by seed."""
+    cfg = tiny_config("gpt2")
+    sd = {
+        k: v * 10 if v.dim() == 2 else v for k, v in fresh_model(cfg, seed=3).state_dict().items()
+    }
+    target = grown_config(cfg, layers=2, hidden=128)
+    grown, record = grow_state_dict(sd, cfg, target, method="copy", seed=7)
+    assert record.method == "copy"
+    q = "transformer.h.0.mlp.c_fc.weight"  # [64, 256] -> [128, 512]
+    new = grown[q][64:]
+    assert torch.equal(grown[q][:64, :256], sd[q])
+    assert new.std().item() == pytest.approx(sd[q].std().item(), rel=0.05)
+    ln = "transformer.h.0.ln_1.weight"  # all ones in the source: new units are ones too
+    assert torch.equal(grown[ln], torch.ones(128))
+    assert not torch.equal(grown["transformer.h.0.attn.c_attn.weight"][64:, :64], new[:, :64])
+    again, _ = grow_state_dict(sd, cfg, target, method="copy", seed=7)
+    other, _ = grow_state_dict(sd, cfg, target, method="copy", seed=8)
+    assert torch.equal(again[q], grown[q]) and not torch.equal(other[q], grown[q])
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -9,7 +9,12 @@ import typer
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
-METHODS = ("fpi", "aki", "copy")  # lineage.growth.GrowthMethod, spelled here to keep --help fast
+METHODS = (
+    "fpi",
+    "aki",
+    "copy",
+    "copy-hf-init",
+)  # lineage.growth.GrowthMethod, spelled here to keep --help fast
 
 
 def grow(
@@ -26,7 +31,10 @@ def grow(
     ] = None,
     method: Annotated[
         str,
-        typer.Option(help="fpi (function-preserving), aki (units from the layer above), copy."),
+        typer.Option(
+            help="fpi (function-preserving), aki (units from the layer above), copy (DirectCopy: "
+            "new units at the source's scale), copy-hf-init (new units at the HF init)."
+        ),
     ] = "fpi",
     seed: Annotated[int, typer.Option(help="Seed of the unit maps (and copy's random init).")] = 0,
     domain: Annotated[

@@ -6,7 +6,12 @@ Width (Eq. 5–16): every parameter is expanded by the index maps of `lineage.gr
   `expansion_map`; LayerNorm statistics make it approximate otherwise);
 - ``aki``: as FPI, but the *new* out-dimension units of layer l come from layer l+1 (the top
   layer falls back to itself), which breaks FPI's symmetry;
-- ``copy`` (DirectCopy): the source where it fits, the target model's own random init elsewhere.
+- ``copy`` (DirectCopy): the source where it fits, random values at the source's scale elsewhere
+  (per tensor: a normal draw with the source tensor's mean and standard deviation), so the new
+  units are as loud as the old ones and break the function — the paper's weak baseline
+  (papers/004 Fig. 3: loss 9.05 right after growth vs the source's 1.89);
+- ``copy-hf-init``: DirectCopy with the target model's own (Hugging Face) random init in the new
+  units instead, which at init_range 0.02 is quiet next to trained weights.
 Depth (Alg. 1): stack the widened model until the target depth (`depth_map`).
 Alg. 2 helpers (`submodel_layers`, `trainable_layer_range`, `truncate_depth`) are in
 `lineage.growth.twostage`.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
@@ -41,7 +47,7 @@ from lineage.growth.maps import (
     shape_of,
 )
 
-GrowthMethod = Literal["fpi", "aki", "copy"]
+GrowthMethod = Literal["fpi", "aki", "copy", "copy-hf-init"]
 StateDict = dict[str, Tensor]
 
 
@@ -128,7 +134,8 @@ def expand_tensor(
     """Grow one parameter. ``w``: source-shaped; returns the target-shaped tensor.
 
     ``upper``: the same parameter of layer l+1 (AKI; None falls back to FPI).
-    ``init``: the target model's random init of this parameter (DirectCopy).
+    ``init``: the values of the new units (DirectCopy: ``source_scale_init`` or the target
+    model's random init).
     """
     if method == "fpi" or (method == "aki" and upper is None):
         return _fpi(w, spec, maps)
@@ -140,8 +147,8 @@ def expand_tensor(
             _fpi(upper, spec, maps),
             _fpi(w, spec, maps),
         )
-    if method == "copy":
-        assert init is not None, "DirectCopy needs the target's random init"
+    if method in ("copy", "copy-hf-init"):
+        assert init is not None, "DirectCopy needs the new units' values"
         copied = _gather(w, spec, maps)
         assert init.shape == copied.shape, f"init {tuple(init.shape)} != {tuple(copied.shape)}"
         return torch.where(_mask(spec, maps, new_out=False).to(w.device), copied, init.to(w))
@@ -197,6 +204,16 @@ def check_growth(source: ModelShape, target: ModelShape) -> None:
         raise LineageError("cannot grow this way: " + "; ".join(problems))
 
 
+def source_scale_init(name: str, w: Tensor, shape: tuple[int, ...], seed: int) -> Tensor:
+    """DirectCopy's new units for parameter ``name``: [shape] drawn from N(mean(w), std(w)) of
+    the source tensor ``w`` (a LayerNorm gain stays near its mean, a weight matrix gets its
+    trained spread), float32 on the CPU, seeded by (seed, name) so each tensor draws its own."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    flat = w.detach().float().cpu().reshape(-1)
+    std = float(flat.std()) if flat.numel() > 1 else 0.0
+    return torch.randn(shape, generator=gen) * std + float(flat.mean())
+
+
 def _random_init(family: Family, config: PretrainedConfig, seed: int) -> PreTrainedModel:
     """The target architecture with its own initializer, seeded without touching global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -216,8 +233,9 @@ def grow_state_dict(
 ) -> tuple[StateDict, GrowthRecord]:
     """Grow a state dict to ``target_config``'s shape: width by ``method``, depth by Alg. 1.
 
-    ``init_state_dict`` (DirectCopy only): the target's random init; built from
-    ``target_config`` with ``seed`` when omitted. The source is not modified; every returned
+    ``init_state_dict`` (DirectCopy only): the new units' values; by default ``copy`` draws them
+    at the source's scale (``source_scale_init``) and ``copy-hf-init`` takes the target
+    architecture's own init built from ``target_config`` with ``seed``. The source is not modified; every returned
     tensor is new (tied names get equal, separate tensors, as ``state_dict()`` lists them).
     """
     if method not in get_args(GrowthMethod):
@@ -232,14 +250,16 @@ def grow_state_dict(
     outside, blocks = _split_layers(source_sd, family)
     if len(blocks) != src.layers:
         raise LineageError(f"state dict has {len(blocks)} blocks, config says {src.layers}")
-    if method == "copy" and init_state_dict is None:
+    if method == "copy-hf-init" and init_state_dict is None:
         init_state_dict = _random_init(family, target_config, seed).state_dict()
     sizes = axis_sizes(tgt)
 
     def grow(name: str, w: Tensor, spec: ParamSpec, upper: Tensor | None) -> Tensor:
-        init = None if init_state_dict is None else init_state_dict[name]
-        u = expand_tensor(w, spec, maps, method=method, upper=upper, init=init)
         expected = _target_shape(spec, w, sizes)
+        init = None if init_state_dict is None else init_state_dict[name]
+        if method == "copy" and init is None:
+            init = source_scale_init(name, w, expected, seed)
+        u = expand_tensor(w, spec, maps, method=method, upper=upper, init=init)
         assert tuple(u.shape) == expected, f"{name}: grew to {tuple(u.shape)}, want {expected}"
         return u
 
@@ -334,7 +354,7 @@ def grow_model(
     family = family_of(cfg)
     target = _random_init(family, cfg, seed)
     nn.Module.to(target, device=source.device, dtype=source.dtype)  # in place; typed call
-    init = target.state_dict() if method == "copy" else None
+    init = target.state_dict() if method == "copy-hf-init" else None
     sd, record = grow_state_dict(
         source.state_dict(),
         source.config,
