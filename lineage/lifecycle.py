@@ -86,14 +86,24 @@ def create_workspace_model(
     seed: int = 0,
     max_positions: int = 512,
     description: str = "",
+    dropout: float | None = None,
+    init_range: float | None = None,
 ) -> Model:
-    """A randomly initialised model under models/, registered (no edges: it starts a family)."""
+    """A randomly initialised model under models/, registered (no edges: it starts a family).
+    ``dropout``/``init_range``: None keeps the Hugging Face defaults (0.1 / 0.02)."""
     tok = ws.registry.tokenizer(tokenizer)
     if ws.registry.has_model(name):
         raise LineageError(f"a model named {name!r} is already registered")
     out = ws.models_dir / name
     create_model(
-        family, resolve_shape(shape), Path(tok.path), out, seed=seed, max_positions=max_positions
+        family,
+        resolve_shape(shape),
+        Path(tok.path),
+        out,
+        seed=seed,
+        max_positions=max_positions,
+        dropout=dropout,
+        init_range=init_range,
     )
     return ws.registry.add_model(
         name,
@@ -345,6 +355,7 @@ def build_caches(
     top_k: int = 10,
     block_size: int,
     progress: bool = True,
+    mask_probability: float = 0.15,
 ) -> list[Cache]:
     """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
     one job (an MLflow run and a registry run, FAILED with the error if anything raises)."""
@@ -357,6 +368,8 @@ def build_caches(
         reg.domain(domain)
     params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}
     params["block_size"] = block_size
+    if teacher.objective == "mlm":
+        params["mask_probability"] = mask_probability
     main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
     tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
@@ -365,7 +378,15 @@ def build_caches(
         lm = load_model(Path(teacher.path))
         for domain in domains:
             for blocks in domain_blocks(ws, domain, "train", Path(teacher.path), block_size):
-                ensure_cache(ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress)
+                ensure_cache(
+                    ws,
+                    teacher,
+                    blocks,
+                    top_k=top_k,
+                    lm=lm,
+                    progress=progress,
+                    mask_probability=mask_probability,
+                )
         caches = [c for c in reg.caches(teacher_name) if c.domain in set(domains)]
         tracker.log_metrics({"caches": len(caches)}, step=0)
     return caches

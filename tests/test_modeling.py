@@ -141,6 +141,28 @@ def test_fp32_head_under_autocast(family: str, tok_dir: Path) -> None:
     torch.testing.assert_close(full, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_dropout_and_init_range_knobs(family: str, tok_dir: Path, tmp_path: Path) -> None:
+    tok = load_tokenizer(tok_dir)
+    default = build_config(family, "tiny", tok, 32)
+    config = build_config(family, "tiny", tok, 32, dropout=0.0, init_range=0.1)
+    fields = {
+        k: v
+        for k, v in config.to_dict().items()
+        if "drop" in k and "summary" not in k and isinstance(v, float)
+    }
+    assert fields and all(v == 0.0 for v in fields.values())
+    assert any(getattr(default, k) > 0 for k in fields) or family == "llama"
+    assert config.initializer_range == 0.1 and default.initializer_range == 0.02
+    out = create_model(family, "tiny", tok_dir, tmp_path / "m", seed=0, dropout=0.0, init_range=0.1)
+    model = load_model(out)
+    assert model.config.initializer_range == 0.1  # saved with the model
+    w = model.get_input_embeddings().weight
+    assert 0.07 < float(w.std()) < 0.13  # drawn at the given range, not at 0.02
+    with pytest.raises(LineageError, match="dropout"):
+        build_config(family, "tiny", tok, 32, dropout=1.0)
+
+
 def test_vocabulary_mismatch_refused(tok_dir: Path, tmp_path: Path) -> None:
     model_dir = create_model("gpt2", "tiny", tok_dir, tmp_path / "m", seed=0)
     spec = json.loads((model_dir / "tokenizer.json").read_text())

@@ -72,6 +72,43 @@ def test_ki_from_a_teacher_adds_a_ki_edge_and_logs_alpha(family_ws: Workspace, m
     assert reg.generation("out") == 2  # teacher-lit (a family root) -> out
 
 
+def test_mask_rate_reaches_the_shards_and_the_cache(
+    family_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MLM job's mask rate masks its training shards and builds (and records) the cache at
+    that rate, in its own folder: a 15 % cache is never reused for a 40 % job."""
+    from lineage.corpora.batches import MixtureSampler
+    from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
+    from lineage.inherit import teachers
+    from lineage.train.assign import assign_shards, shard_sources
+
+    ki = job(
+        strategy="ki", teachers=("teacher-lit",), domains=("literature",), mask_probability=0.4
+    )
+    run_training(family_ws, ki, progress=False)
+    reg = family_ws.registry
+    caches = reg.caches("teacher-lit")
+    for cache in caches:
+        assert Path(cache.path).parent.parent.name.endswith("-M0.4")
+        manifest = json.loads(Path(cache.path, "manifest.json").read_text())
+        assert manifest["masking"]["probability"] == 0.4
+    assert reg.edges("out")[0].params["mask_probability"] == 0.4
+    teacher, student = reg.model("teacher-lit"), reg.model("student")
+    info = TokenizerInfo.of(load_tokenizer(Path(student.path)))
+    sl = job(domains=("literature",), mask_probability=0.4)
+    assigned, _ = assign_shards(family_ws, sl, student)
+    sources, _ = shard_sources(family_ws, sl, student, assigned, info)
+    batch = next(iter(MixtureSampler(sources, batch_size=64, seed=0)))
+    share = float((batch.labels != -100).sum()) / batch.labels.numel()
+    assert 0.3 < share < 0.45  # 40 % of the (non-special) tokens are targets
+    # The 40 % cache opened for a 15 % job (as if its folder were found) is refused.
+    path = teachers.cache_dir(family_ws, teacher, assigned[0].blocks, 10, 0.4)
+    assert str(path) in {c.path for c in caches}
+    monkeypatch.setattr(teachers, "cache_dir", lambda *a, **k: path)
+    with pytest.raises(LineageError, match=r"mask probability 0\.4, not 0\.15"):
+        teachers.ensure_cache(family_ws, teacher, assigned[0].blocks, top_k=10)
+
+
 def test_continuing_a_trained_model_is_an_adapt_edge_and_sources_are_evaluated(
     family_ws: Workspace,
 ) -> None:

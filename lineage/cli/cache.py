@@ -27,13 +27,22 @@ def build(
     block_size: Annotated[
         int, typer.Option(help="Tokens per block (must match training).")
     ] = DEFAULT_BLOCK_SIZE,
+    mask_rate: Annotated[
+        float, typer.Option(help="MLM: share of tokens masked (must match training).")
+    ] = 0.15,
     as_json: JsonOption = False,
 ) -> None:
     """Run the teacher once over the domains' training blocks and store its top-K logits."""
     from lineage.lifecycle import build_caches
 
     caches = build_caches(
-        workspace(ctx), teacher, domain, top_k=top_k, block_size=block_size, progress=not as_json
+        workspace(ctx),
+        teacher,
+        domain,
+        top_k=top_k,
+        block_size=block_size,
+        progress=not as_json,
+        mask_probability=mask_rate,
     )
     if as_json:
         emit_json([c.to_dict() for c in caches])

@@ -136,6 +136,12 @@ def create(
     kv_heads: Annotated[int | None, typer.Option(help="Key/value heads (llama GQA).")] = None,
     seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
     max_positions: Annotated[int, typer.Option(help="Longest sequence the model accepts.")] = 512,
+    dropout: Annotated[
+        float | None, typer.Option(help="Hidden and attention dropout (default 0.1).")
+    ] = None,
+    init_range: Annotated[
+        float | None, typer.Option(help="Std of the initial weights (default 0.02).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a randomly initialised model (safetensors) from a preset or explicit shape."""
@@ -157,6 +163,8 @@ def create(
         tokenizer=tokenizer,
         seed=seed,
         max_positions=max_positions,
+        dropout=dropout,
+        init_range=init_range,
     )
     if as_json:
         emit_json(model.to_dict())

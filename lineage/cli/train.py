@@ -52,6 +52,9 @@ def train(
     ] = None,
     teacher_mode: TeacherModeOption = "cached",
     top_k: Annotated[int, typer.Option(help="Teacher logits kept per target (cache).")] = 10,
+    mask_rate: Annotated[
+        float, typer.Option(help="MLM: share of tokens masked in training (and the cache).")
+    ] = 0.15,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     batch_size: BatchSizeOption = 16,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
@@ -107,6 +110,7 @@ def train(
         schedule=parse_params(schedule or []),
         teacher_mode=teacher_mode,
         top_k=top_k,
+        mask_probability=mask_rate,
         block_size=block_size,
         data_fraction=data_fraction,
         config=config,

@@ -35,14 +35,27 @@ def check_same_vocabulary(teacher: Model, student: Model) -> None:
         )
 
 
-def cache_dir(ws: Workspace, teacher: Model, blocks: ShardBlocks, top_k: int) -> Path:
+DEFAULT_MASK_PROBABILITY = 0.15
+
+
+def cache_dir(
+    ws: Workspace,
+    teacher: Model,
+    blocks: ShardBlocks,
+    top_k: int,
+    mask_probability: float = DEFAULT_MASK_PROBABILITY,
+) -> Path:
+    """Where the cache lives; an MLM cache at another mask rate than 15 % gets its own folder."""
     fp = str(teacher.tokenizer_fingerprint)[:16]
     block_size = blocks.blocks.shape[1]
+    mask = ""
+    if teacher.objective == "mlm" and mask_probability != DEFAULT_MASK_PROBABILITY:
+        mask = f"-M{mask_probability:g}"
     return (
         ws.caches_dir
         / teacher.name
         / fp
-        / f"T{block_size}-K{top_k}"
+        / f"T{block_size}-K{top_k}{mask}"
         / blocks.shard.domain
         / f"{blocks.shard.name}-{blocks.shard.digest[:12]}"
     )
@@ -67,12 +80,16 @@ def ensure_cache(
     lm: PreTrainedModel | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    mask_probability: float = DEFAULT_MASK_PROBABILITY,
 ) -> LogitCache:
-    """The teacher's cache for this shard: opened and verified, or built now and registered."""
-    path = cache_dir(ws, teacher, blocks, top_k)
+    """The teacher's cache for this shard: opened and verified, or built now and registered.
+    ``mask_probability``: an MLM cache's mask rate (recorded in its manifest, checked on open)."""
+    if not 0.0 < mask_probability < 1.0:
+        raise LineageError(f"mask probability must lie in (0, 1), got {mask_probability}")
+    path = cache_dir(ws, teacher, blocks, top_k, mask_probability)
     expect = expected_meta(teacher, blocks.blocks.shape[1], top_k)
     if path.exists():
-        return open_cache(path, expect=expect)
+        return _check_mask(open_cache(path, expect=expect), teacher, mask_probability)
     if lm is None:
         lm = load_model(Path(teacher.path))
     info = TokenizerInfo.of(load_tokenizer(Path(teacher.path)))
@@ -88,6 +105,7 @@ def ensure_cache(
         mask_token_id=info.mask_id,
         vocab_size=info.vocab_size,
         progress=progress,
+        mask_probability=mask_probability,
     )
     try:
         ws.registry.add_cache(
@@ -101,3 +119,13 @@ def ensure_cache(
         shutil.rmtree(path, ignore_errors=True)  # an unregistered cache would never be listed
         raise
     return open_cache(path, expect=expect, verify=False)
+
+
+def _check_mask(cache: LogitCache, teacher: Model, mask_probability: float) -> LogitCache:
+    masking = cache.manifest.masking
+    if teacher.objective == "mlm" and (masking is None or masking.probability != mask_probability):
+        got = None if masking is None else masking.probability
+        raise LineageError(
+            f"cache {cache.path} was built with mask probability {got}, not {mask_probability}"
+        )
+    return cache

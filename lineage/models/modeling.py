@@ -41,11 +41,45 @@ def build_config(
     shape: ModelShape | str,
     tokenizer: PreTrainedTokenizerBase,
     max_positions: int,
+    *,
+    dropout: float | None = None,
+    init_range: float | None = None,
 ) -> PretrainedConfig:
     """A Hugging Face config for ``family`` at ``shape``; vocabulary and specials from the
-    tokenizer; SDPA attention; dropout 0.1 where the family has it (the paper's setting)."""
+    tokenizer; SDPA attention. ``dropout`` (hidden and attention; default the HF 0.1 where the
+    family has it, the paper's setting) and ``init_range`` (std of the initial weights, default
+    0.02) are the knobs a tiny MLM needs (/work/notes: dropout 0 trains faster at this size)."""
+    config = _family_config(family, resolve_shape(shape), tokenizer, max_positions)
+    return _with_regularisation(config, dropout, init_range)
+
+
+_DROPOUT_FIELDS = {
+    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    "llama": ("attention_dropout",),
+}
+
+
+def _with_regularisation(
+    config: PretrainedConfig, dropout: float | None, init_range: float | None
+) -> PretrainedConfig:
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise LineageError(f"dropout must lie in [0, 1), got {dropout}")
+        for name in _DROPOUT_FIELDS[config.model_type]:
+            setattr(config, name, float(dropout))
+    if init_range is not None:
+        if not init_range > 0:
+            raise LineageError(f"init_range must be > 0, got {init_range}")
+        config.initializer_range = float(init_range)
+    return config
+
+
+def _family_config(
+    family: str, s: ModelShape, tokenizer: PreTrainedTokenizerBase, max_positions: int
+) -> PretrainedConfig:
     objective_of_family(family)
-    s = resolve_shape(shape)
     if max_positions < 2:
         raise LineageError("max_positions must be >= 2")
     if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
@@ -106,14 +140,20 @@ def create_model(
     seed: int,
     max_positions: int = 512,
     overwrite: bool = False,
+    dropout: float | None = None,
+    init_range: float | None = None,
 ) -> Path:
     """Randomly initialise a model and save it (safetensors + tokenizer) to ``out_dir``.
 
     Same ``seed`` and shape give the same weights. The directory appears atomically.
+    ``dropout``/``init_range``: see ``build_config`` (saved in config.json, so training and
+    growth keep them).
     """
     objective = objective_of_family(family)
     tokenizer = load_tokenizer(Path(tokenizer_dir))
-    config = build_config(family, shape, tokenizer, max_positions)
+    config = build_config(
+        family, shape, tokenizer, max_positions, dropout=dropout, init_range=init_range
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _auto_class(objective).from_config(config)

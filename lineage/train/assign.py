@@ -156,17 +156,39 @@ def shard_sources(
         scarce = job.data_fraction < 1 and not a.replay  # the sources are not the scarce data
         blocks = _scarce(a.blocks, job.data_fraction) if scarce else a.blocks
         if a.teacher is None:
-            sources.append(BlockShard(blocks.key, blocks.blocks, student.objective, info))
+            sources.append(
+                BlockShard(
+                    blocks.key,
+                    blocks.blocks,
+                    student.objective,
+                    info,
+                    mask_probability=job.mask_probability,
+                )
+            )
             continue
         teacher = reg.model(a.teacher)
         if job.teacher_mode == "online":
             if a.teacher not in online:
                 online[a.teacher] = load_model(Path(teacher.path))
             sources.append(
-                BlockShard(blocks.key, blocks.blocks, student.objective, info, teacher=a.teacher)
+                BlockShard(
+                    blocks.key,
+                    blocks.blocks,
+                    student.objective,
+                    info,
+                    teacher=a.teacher,
+                    mask_probability=job.mask_probability,
+                )
             )
         else:
-            cache = ensure_cache(ws, teacher, a.blocks, top_k=job.top_k, progress=progress)
+            cache = ensure_cache(
+                ws,
+                teacher,
+                a.blocks,
+                top_k=job.top_k,
+                progress=progress,
+                mask_probability=job.mask_probability,
+            )
             sources.append(_ScarceCached(cache.shard(blocks.key, a.teacher), len(blocks.blocks)))
     return sources, online
 

@@ -28,6 +28,7 @@ class TrainJob:
     schedule: dict[str, Any] = field(default_factory=dict)  # InheritanceSchedule fields (shortcut)
     teacher_mode: str = "cached"  # "cached" (top-K logit cache) or "online" (teacher forward)
     top_k: int = 10  # teacher logits kept per target in the cache
+    mask_probability: float = 0.15  # MLM: share of tokens masked (training shards and cache)
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per training block
     data_fraction: float = 1.0  # use only this share of each target shard (data-scarce runs)
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -55,6 +56,8 @@ class TrainJob:
             raise LineageError("name at least one --domain to train on")
         if not 0 < self.data_fraction <= 1:
             raise LineageError(f"data fraction must be in (0, 1], got {self.data_fraction}")
+        if not 0 < self.mask_probability < 1:
+            raise LineageError(f"mask rate must be in (0, 1), got {self.mask_probability}")
         if self.student == self.output:
             raise LineageError("the output must get a new name (models are never overwritten)")
         if not 0 <= self.replay < 1:

@@ -212,6 +212,7 @@ def _teacher_params(
             "schedule": base.to_dict(),
             "temperature": job.config.temperature,
             "top_k": job.top_k,
+            "mask_probability": job.mask_probability,
             "mode": job.teacher_mode,
             "plan": job.plan,
             "shards": [a.blocks.key for a in assigned if a.teacher == name],
