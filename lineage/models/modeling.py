@@ -240,8 +240,10 @@ class TargetLogits(nn.Module):
         super().__init__()
         self.lm = lm
         self.fp32_head = fp32_head
-        heads = [name for name, _ in lm.named_children() if name != lm.base_model_prefix]
-        self._head = heads[0] if len(heads) == 1 and lm.base_model is not lm else None
+        prefix = getattr(lm, "base_model_prefix", None)  # None: not a Hugging Face LM
+        heads = [name for name, _ in lm.named_children() if name != prefix]
+        found = prefix is not None and len(heads) == 1 and lm.base_model is not lm
+        self._head = heads[0] if found else None
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         """[B, T] -> the head's input [B, T, d] (or, without a known head, the logits [B, T, V],
