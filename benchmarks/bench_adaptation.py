@@ -46,8 +46,9 @@ CORPUS_SHARE = 0.6  # of each bundled corpus's documents (keeps caches and token
 TOP_K = 100
 
 
-def config(steps: int, lr: float, batch: int, quick: bool) -> TrainConfig:
+def config(steps: int, lr: float, batch: int, quick: bool, seed: int = 0) -> TrainConfig:
     return TrainConfig(
+        seed=seed,
         steps=steps,
         batch_size=batch,
         lr=lr,
@@ -69,8 +70,11 @@ def _slice(folder: Path, name: str, quick: bool) -> Path:
     return out
 
 
-def build_family(root: Path, quick: bool, bio: bool) -> tuple[Workspace, dict[str, Any]]:
-    """Domains, a shared tokenizer, the literature base and the cs/bio experts."""
+def build_family(
+    root: Path, quick: bool, bio: bool, seed: int = 0
+) -> tuple[Workspace, dict[str, Any]]:
+    """Domains, a shared tokenizer, the literature base and the cs/bio experts; ``seed``: their
+    initial weights and data order."""
     base_shape, expert_shape, base_steps, expert_steps, _, vocab, block = SIZES[
         "quick" if quick else "full"
     ]
@@ -87,16 +91,16 @@ def build_family(root: Path, quick: bool, bio: bool) -> tuple[Workspace, dict[st
     ]:
         create_workspace_model(
             ws, f"{name}-init", family="roberta", shape=shape, tokenizer="shared",
-            max_positions=block,
+            max_positions=block, seed=seed,
         )  # fmt: skip
         start = time.perf_counter()
         job = TrainJob(
             f"{name}-init", name, (domain,), block_size=block,
-            config=config(steps, 2e-3, batch, quick),
+            config=config(steps, 2e-3, batch, quick, seed),
         )  # fmt: skip
         run_training(ws, job, progress=False)
         timings[name] = time.perf_counter() - start
-    return ws, {"block": block, "batch": batch, "timings": timings}
+    return ws, {"block": block, "batch": batch, "timings": timings, "seed": seed}
 
 
 def topk_mass(
@@ -145,7 +149,7 @@ def run_one(
         # guidance lasts the run (α = 1 − t/T), not Table 6's pre-training duration.
         schedule_params={"guided_steps": steps} if ki else {},
         block_size=setup["block"],
-        config=config(steps, lr, setup["batch"], quick),
+        config=config(steps, lr, setup["batch"], quick, setup.get("seed", 0)),
         **kw,
     )
     start = time.perf_counter()

@@ -29,6 +29,8 @@ steps this runs, an MLM (``--family roberta``, 15 % targets) barely leaves unigr
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ import torch
 from lineage.corpora.batches import BlockShard, MixtureSampler
 from lineage.corpora.blocks import shard_blocks, valid_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
+from lineage.corpora.profiles import iter_documents
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.lifecycle import (
@@ -110,7 +113,13 @@ def shape(text: str, ffn_ratio: int = 4) -> ModelShape:
 
 def setup(root: Path, args: argparse.Namespace) -> Workspace:
     ws = Workspace.init(root)
-    add_domain(ws, DOMAIN, [bundled_domains_dir() / DOMAIN], valid_every=args.valid_every)
+    source = bundled_domains_dir() / DOMAIN
+    if args.docs:  # the corpus's first documents only (smoke runs)
+        with gzip.open(source / f"{DOMAIN}.txt.gz", "rt", encoding="utf-8") as fh:
+            docs = list(itertools.islice(iter_documents(fh), args.docs))
+        source = root.parent / f"{DOMAIN}.txt"
+        source.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    add_domain(ws, DOMAIN, [source], valid_every=args.valid_every)
     train_workspace_tokenizer(ws, "shared", [DOMAIN], vocab_size=args.vocab)
     return ws
 
@@ -154,6 +163,7 @@ def run(
         eval_blocks=args.eval_blocks,
         checkpoint_every=0,
         log_every=1,
+        seed=args.seed,
         **config,  # type: ignore[arg-type]
     )
     tracker = NullTracker()
@@ -161,7 +171,7 @@ def run(
     result = train(
         load_model(folder),
         config=cfg,
-        sampler=MixtureSampler(shards, batch_size=args.batch, seed=0),
+        sampler=MixtureSampler(shards, batch_size=args.batch, seed=args.seed),
         eval_sets={DOMAIN: valid_blocks(ws, DOMAIN, folder, args.block, args.eval_blocks)},
         objective=model.objective,
         out_dir=out / "model",
@@ -185,7 +195,7 @@ def run(
     return curve, out / "model"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--family", default="gpt2", help="gpt2, roberta, bert or llama")
@@ -197,6 +207,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--block", type=int, default=64, help="tokens per block")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--vocab", type=int, default=2000, help="BPE vocabulary size")
+    parser.add_argument("--docs", type=int, default=0, help="first N documents (0: all)")
     parser.add_argument("--valid-every", type=int, default=40, help="1 document in N is valid")
     parser.add_argument("--evals", type=int, default=15, help="evaluations per run")
     parser.add_argument("--eval-blocks", type=int, default=128, help="validation blocks scored")
@@ -207,7 +218,7 @@ def parse_args() -> argparse.Namespace:
         "--growth-only", action="store_true", help="stop after the loss right after growth"
     )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def new_model(
@@ -224,8 +235,11 @@ def new_model(
     )
 
 
-def grow_all(ws: Workspace, src: ModelShape, tgt: ModelShape, args: argparse.Namespace) -> None:
-    """Grow the source by each method (registered under the method's name); print the losses."""
+def grow_all(
+    ws: Workspace, src: ModelShape, tgt: ModelShape, args: argparse.Namespace
+) -> dict[str, float]:
+    """Grow the source by each method (registered under the method's name); print the losses.
+    Returns the validation loss right after growth per method, and the source's ("source")."""
     after: dict[str, tuple[float, float]] = {}
     for method in ("copy", "copy-hf-init", "fpi", "aki"):
         _, report = grow_workspace_model(
@@ -262,15 +276,20 @@ def grow_all(ws: Workspace, src: ModelShape, tgt: ModelShape, args: argparse.Nam
             f"  FPI width only ({src.layers}x{tgt.hidden}): {width.grown_eval.loss:.4f} "
             f"vs source {width.source_eval.loss:.4f} (function-preserving)"
         )
+    return {"source": after["fpi"][0], **{m: g for m, (_, g) in after.items()}}
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+RUNS = ("scratch", "scratch + KI", "DirectCopy", "DirectCopy, HF init", "FPI", "AKI",
+        "AKI + two-stage", "AKI + KI")  # fmt: skip
+
+
+def experiment(root: Path, args: argparse.Namespace) -> tuple[dict[str, float], list[Curve]]:
+    """The whole benchmark in a new workspace at ``root``: the losses right after growth
+    (``grow_all``) and one validation curve per run of ``RUNS`` (none with --growth-only)."""
     started = time.perf_counter()
     src, tgt = shape(args.source), shape(args.target)
-    with tempfile.TemporaryDirectory() as tmp:
-        ws = setup(Path(tmp) / "ws", args)
+    ws = setup(root, args)
+    try:
         device = "cuda" if torch.cuda.is_available() else f"CPU, {args.threads} thread(s)"
         print(
             f"{args.family} on {DOMAIN}: {device}; blocks of {args.block}, "
@@ -284,9 +303,9 @@ def main() -> None:
             f"{source_curve.ppl[-1]:.2f} ({time.perf_counter() - started:.0f} s so far)"
         )
         new_model(ws, "scratch", tgt, args, args.seed + 1)
-        grow_all(ws, src, tgt, args)
+        after = grow_all(ws, src, tgt, args)
         if args.growth_only:
-            return
+            return after, []
         two_stage = {"two_stage_layers": args.l_b, "two_stage_fraction": args.stage_one}
         runs: list[tuple[str, str, dict[str, object]]] = [
             ("scratch", "scratch", {}),
@@ -298,6 +317,7 @@ def main() -> None:
             ("AKI + two-stage", "aki", two_stage),
             ("AKI + KI", "aki", {"teacher": "source"}),
         ]
+        assert tuple(label for label, _, _ in runs) == RUNS
         results = []
         for label, name, kw in runs:
             curve, _ = run(ws, name, label, args, steps=args.steps, **kw)  # type: ignore[arg-type]
@@ -307,16 +327,28 @@ def main() -> None:
                 f"{1000 * np.mean(curve.step_seconds):.0f} ms/step "
                 f"({time.perf_counter() - started:.0f} s so far)"
             )
-        report(results, args)
-        path = curves(
-            {c.name: (c.steps, c.ppl) for c in results},
-            args.out / "bench_growth.png",
-            title=f"{args.target} {args.family} on {DOMAIN}: growth from {args.source}",
-            xlabel="step",
-            ylabel="validation perplexity",
-            logy=True,
-        )
+        return after, results
+    finally:
         ws.close()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, results = experiment(Path(tmp) / "ws", args)
+    if not results:
+        return
+    report(results, args)
+    path = curves(
+        {c.name: (c.steps, c.ppl) for c in results},
+        args.out / "bench_growth.png",
+        title=f"{args.target} {args.family} on {DOMAIN}: growth from {args.source}",
+        xlabel="step",
+        ylabel="validation perplexity",
+        logy=True,
+    )
     print(f"curves: {path}; total {time.perf_counter() - started:.0f} s")
 
 

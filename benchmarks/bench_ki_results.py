@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import itertools
 import json
 import tempfile
 import time
@@ -47,6 +49,7 @@ from transformers.utils import logging as hf_logging
 
 from lineage.corpora.blocks import domain_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
+from lineage.corpora.profiles import iter_documents
 from lineage.inherit.schedules import guided_steps_for
 from lineage.lifecycle import build_caches, create_workspace_model, train_workspace_tokenizer
 from lineage.models.modeling import PRESETS
@@ -79,6 +82,10 @@ class Setup:
     student: str = "small"  # preset: 4 x 128
     model_family: str = "gpt2"  # gpt2 (causal) or roberta (MLM, the paper's; see above)
     quick: bool = False  # a smoke run; its outputs get a _quick suffix
+    seed: int = 0  # initial weights (teacher 1 + 100·seed, student 2 + 100·seed) and data order
+    mask_probability: float = 0.15  # MLM: share of masked tokens (training and caches)
+    dropout: float | None = None  # model dropout (None: the HF 0.1)
+    docs: int = 0  # the corpus's first N documents only (0: all of it)
 
     @classmethod
     def quick_setup(cls) -> Setup:
@@ -128,26 +135,31 @@ def config(setup: Setup, steps: int) -> TrainConfig:
         eval_blocks=setup.eval_blocks,
         checkpoint_every=0,
         log_every=max(steps // 20, 1),
+        seed=setup.seed,
     )
 
 
 def build_family(ws: Workspace, setup: Setup) -> dict[str, Any]:
     """Domain, tokenizer, the trained teacher and the student's initial weights."""
-    _, report = add_domain(
-        ws, DOMAIN, [bundled_domains_dir() / DOMAIN], valid_every=setup.valid_every
-    )
+    source = bundled_domains_dir() / DOMAIN
+    if setup.docs:
+        with gzip.open(source / f"{DOMAIN}.txt.gz", "rt", encoding="utf-8") as fh:
+            docs = list(itertools.islice(iter_documents(fh), setup.docs))
+        source = ws.root.parent / f"{DOMAIN}.txt"
+        source.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    _, report = add_domain(ws, DOMAIN, [source], valid_every=setup.valid_every)
     tok = train_workspace_tokenizer(ws, "shared", [DOMAIN], vocab_size=setup.vocab_size)
     for name, preset, seed in (
-        ("teacher-init", setup.teacher, 1),
-        ("student-init", setup.student, 2),
+        ("teacher-init", setup.teacher, 1 + 100 * setup.seed),
+        ("student-init", setup.student, 2 + 100 * setup.seed),
     ):
         create_workspace_model(
             ws, name, family=setup.model_family, shape=preset, tokenizer="shared", seed=seed,
-            max_positions=setup.block_size,
+            max_positions=setup.block_size, dropout=setup.dropout,
         )  # fmt: skip
     job = TrainJob(
         "teacher-init", "teacher", (DOMAIN,), block_size=setup.block_size,
-        config=config(setup, setup.teacher_steps),
+        config=config(setup, setup.teacher_steps), mask_probability=setup.mask_probability,
     )  # fmt: skip
     teacher = run_training(ws, job, progress=False).result
     tok_dir = Path(ws.registry.model("student-init").path)
@@ -168,7 +180,10 @@ def build_teacher_caches(ws: Workspace, setup: Setup, vocab: int) -> dict[int, f
     seconds = {}
     for k in sorted({int(f["top_k"]) for f in runs(setup, vocab).values() if "top_k" in f}):
         started = time.perf_counter()
-        build_caches(ws, "teacher", [DOMAIN], top_k=k, block_size=setup.block_size, progress=False)
+        build_caches(
+            ws, "teacher", [DOMAIN], top_k=k, block_size=setup.block_size, progress=False,
+            mask_probability=setup.mask_probability,
+        )  # fmt: skip
         seconds[k] = time.perf_counter() - started
     return seconds
 
@@ -180,7 +195,8 @@ def train_students(ws: Workspace, setup: Setup, vocab: int) -> dict[str, TrainOu
         started = time.perf_counter()
         job = TrainJob(
             "student-init", name, (DOMAIN,), block_size=setup.block_size,
-            config=config(setup, setup.steps), **fields,
+            config=config(setup, setup.steps), mask_probability=setup.mask_probability,
+            **fields,
         )  # fmt: skip
         out[name] = run_training(ws, job, progress=False)
         ppl = out[name].result.final_eval[DOMAIN].ppl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -63,6 +64,27 @@ def curves(
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def error_bars(
+    panels: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, *, title: str
+) -> Path:
+    """One panel per metric kind, one bar per name: ``{"mean", "sd", "values"}`` as mean ± sd
+    with every seed's value as a dot (None values, e.g. "never reached", are left out)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
+    for ax, (kind, bars) in zip(axes[0], panels.items(), strict=True):
+        names = list(bars)
+        means = [np.nan if bars[n]["mean"] is None else bars[n]["mean"] for n in names]
+        sds = [0.0 if bars[n]["sd"] is None else bars[n]["sd"] for n in names]
+        ax.bar(range(len(names)), means, yerr=sds, capsize=4, color="tab:blue", alpha=0.6)
+        for i, n in enumerate(names):
+            dots = [v for v in bars[n]["values"] if v is not None]
+            ax.plot([i] * len(dots), dots, "k.", ms=5)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(kind)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
     return _save(fig, path)
 
 
