@@ -26,7 +26,7 @@ from lineage.corpora.tokenizer import (
     train_tokenizer,
 )
 from lineage.errors import ConflictError, LineageError
-from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model
+from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
 from lineage.inherit.teachers import ensure_cache
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
@@ -169,6 +169,14 @@ class GrowthReport:
     grown_eval: EvalResult | None  # the grown model on the same sample, before any training
     unscored: str = ""  # why it was not scored
 
+    @property
+    def warnings(self) -> list[str]:
+        """`lineage.growth.growth_warnings` for these two scores (empty when nothing stands out
+        or nothing was scored)."""
+        if self.source_eval is None or self.grown_eval is None:
+            return []
+        return growth_warnings(self.record, self.source_eval.loss, self.grown_eval.loss)
+
     def to_dict(self) -> dict[str, Any]:
         scores: dict[str, Any] = {"domain": self.domain, "unscored": self.unscored or None}
         if self.source_eval is not None and self.grown_eval is not None:
@@ -186,7 +194,7 @@ class GrowthReport:
             "seed": self.record.seed,
             "source_shape": self.record.source_shape,
             "target_shape": self.record.target_shape,
-        } | scores
+        } | scores | {"warnings": self.warnings}
 
 
 def growth_edge_params(record: GrowthRecord) -> dict[str, Any]:

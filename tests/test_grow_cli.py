@@ -86,6 +86,7 @@ def test_cli_grow_prints_source_and_grown_loss(family_ws: Workspace) -> None:
     )
     assert data["target_shape"]["layers"] == 4 and data["model"]["layers"] == 4
     assert data["grown_loss"] > 0 and data["source_loss"] > 0
+    assert isinstance(data["warnings"], list)  # growth_warnings, also printed on stderr
     result = runner.invoke(app, ["-w", root, "grow", "teacher-lit", "wide", "--layers", "2"])
     assert result.exit_code == 2  # --hidden is required: a usage error
     table = ["-w", root, "grow", "teacher-lit", "wide", "--layers", "2", "--hidden", "64"]

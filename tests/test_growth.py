@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,13 @@ from transformers import (
 
 from lineage.corpora.batches import causal_targets, mlm_mask
 from lineage.errors import LineageError
-from lineage.growth.expand import GrowthRecord, grow_model, grow_state_dict, grown_config
+from lineage.growth.expand import (
+    GrowthRecord,
+    grow_model,
+    grow_state_dict,
+    grown_config,
+    growth_warnings,
+)
 from lineage.growth.maps import (
     ModelShape,
     build_axis_maps,
@@ -361,6 +368,29 @@ def test_depth_stacking_is_not_function_preserving(name: str) -> None:
 
 
 # ---- records, purity, round trip ---------------------------------------------------------
+
+
+def test_growth_warnings_flag_starting_losses_a_user_should_hear_about() -> None:
+    cfg = tiny_config("llama_gqa")
+    sd = fresh_model(cfg).state_dict()
+
+    def record(method: str, layers: int = 2) -> GrowthRecord:
+        target = grown_config(cfg, layers=layers, hidden=128)
+        return grow_state_dict(sd, cfg, target, method=method)[1]  # type: ignore[arg-type]
+
+    fpi, aki = record("fpi"), record("aki")
+    assert growth_warnings(fpi, 3.0, 3.05) == []  # FPI within its tolerance
+    (broken,) = growth_warnings(fpi, 3.0, 3.5)
+    assert "FPI should keep" in broken and "+0.500 nats" in broken
+    assert growth_warnings(record("fpi", layers=4), 3.0, 3.5) == []  # stacking may move it
+    assert growth_warnings(aki, 3.0, 3.8) == []  # AKI is not function-preserving: some gap
+    (far,) = growth_warnings(aki, 3.0, 4.5)
+    assert "AKI" in far and "not function-preserving" in far and "+1.500 nats" in far
+    uniform = math.log(VOCAB)
+    gap, worse = growth_warnings(aki, 3.0, uniform + 0.5)  # the SmolLM2-135M report's case
+    assert "AKI" in gap and "uniform" in worse and f"{uniform:.3f}" in worse
+    (worse,) = growth_warnings(record("copy"), uniform - 0.5, uniform + 0.1)
+    assert "uniform" in worse
 
 
 def test_record_is_json_and_seeded() -> None:

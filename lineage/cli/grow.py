@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import JsonOption, console, emit_json, err_console, table, workspace
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
 METHODS = (
@@ -71,6 +71,8 @@ def grow(
         block_size=block_size,
         max_blocks=max_blocks,
     )
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(report.to_dict() | {"model": model.to_dict()})
         return

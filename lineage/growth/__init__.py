@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         grow_model,
         grow_state_dict,
         grown_config,
+        growth_warnings,
     )
     from lineage.growth.twostage import submodel_layers, trainable_layer_range, truncate_depth
 
@@ -34,6 +35,7 @@ _EXPORTS = {
     "grow_model": "lineage.growth.expand",
     "grow_state_dict": "lineage.growth.expand",
     "grown_config": "lineage.growth.expand",
+    "growth_warnings": "lineage.growth.expand",
     "submodel_layers": "lineage.growth.twostage",
     "trainable_layer_range": "lineage.growth.twostage",
     "truncate_depth": "lineage.growth.twostage",
@@ -46,6 +48,7 @@ __all__ = [
     "grow_model",
     "grow_state_dict",
     "grown_config",
+    "growth_warnings",
     "submodel_layers",
     "trainable_layer_range",
     "truncate_depth",

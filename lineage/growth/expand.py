@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import zlib
 from collections.abc import Mapping
@@ -50,6 +51,15 @@ from lineage.growth.maps import (
 GrowthMethod = Literal["fpi", "aki", "copy", "copy-hf-init"]
 StateDict = dict[str, Tensor]
 
+# Starting-loss checks (`growth_warnings`). FPI at the source's depth keeps the loss up to
+# normalisation statistics (papers/004 Table 1: +0.03 nats); AKI, DirectCopy and depth stacking
+# are not function-preserving. AKI measured on small trained Llama models (GQA, RMSNorm, SwiGLU,
+# tied; 2-30 layers) started 0.5-2.2 nats above the source at 1.5x width and 1.2-3.8 at 2x,
+# near a uniform guess; SmolLM2-135M was reported above it (ppl 311,120 > V = 49,152 at 2x).
+# README ("Growth") has the table.
+FPI_LOSS_TOLERANCE = 0.1  # nats over the source before FPI is reported as broken
+LOSS_GAP_WARNING = 1.0  # nats over the source before a non-preserving growth is reported
+
 
 @dataclass(frozen=True)
 class GrowthRecord:
@@ -74,6 +84,44 @@ class GrowthRecord:
     @classmethod
     def from_json(cls, text: str) -> GrowthRecord:
         return cls(**json.loads(text))
+
+
+def growth_warnings(record: GrowthRecord, source_loss: float, grown_loss: float) -> list[str]:
+    """What a user should be told about a grown model's loss before training (empty if fine).
+
+    ``source_loss`` / ``grown_loss``: mean cross-entropy in nats on the same sample. FPI at the
+    source's depth should keep the loss (within ``FPI_LOSS_TOLERANCE``); other growths are
+    reported once they start ``LOSS_GAP_WARNING`` nats above the source, and any growth whose
+    loss reaches ln(vocab) is worse than guessing uniformly over the vocabulary.
+    """
+    gap = grown_loss - source_loss
+    src, tgt = record.source_shape, record.target_shape
+    deeper = tgt["layers"] > src["layers"]
+    scores = f"loss {grown_loss:.3f} vs the source's {source_loss:.3f} ({gap:+.3f} nats)"
+    out = []
+    if record.method == "fpi" and not deeper:
+        if gap > FPI_LOSS_TOLERANCE:
+            out.append(
+                f"FPI should keep the source's function, but the grown model has {scores}; "
+                "an unsupported module or a normalisation the maps do not preserve changed it"
+            )
+    elif gap > LOSS_GAP_WARNING:
+        why = {
+            "aki": "AKI fills the new units from the layer above and pairs them with this "
+            "layer's output weights, so it is not function-preserving (papers/004 §3.3.2: it "
+            "starts above FPI and DirectCopy)",
+            "copy": "DirectCopy fills the new units with random weights",
+            "fpi": "depth stacking is not function-preserving",
+        }[record.method]
+        out.append(f"the grown model starts far from its source: {scores}; {why}")
+    uniform = math.log(src["vocab"])
+    if grown_loss >= uniform:
+        out.append(
+            f"the grown model is worse than a uniform guess over its {src['vocab']} tokens "
+            f"(loss {grown_loss:.3f} >= ln V = {uniform:.3f}): it keeps none of the source's "
+            "knowledge as it stands; FPI (the default) keeps the source's loss"
+        )
+    return out
 
 
 # ---- one tensor --------------------------------------------------------------------------
