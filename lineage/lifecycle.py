@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
     TokenizerInfo,
     copy_tokenizer_files,
+    describe_tokenizer,
+    import_tokenizer,
     load_tokenizer,
     train_tokenizer,
 )
@@ -32,7 +35,7 @@ from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
-from lineage.registry.modelinfo import read_model_info
+from lineage.registry.modelinfo import check_has_lm_head, read_model_info
 from lineage.train.checkpoints import atomic_dir
 from lineage.train.runs import job_tracker, recorded, remove_unregistered
 from lineage.workspace import Workspace
@@ -76,13 +79,37 @@ def train_workspace_tokenizer(
     return ws.registry.add_tokenizer(name, str(out), fingerprint, size, params)
 
 
+def register_workspace_tokenizer(ws: Workspace, source: str, name: str | None = None) -> Tokenizer:
+    """``lineage tokenizer register``: a real model's tokenizer (a registered model's name, or a
+    folder holding ``tokenizer.json``), copied under models/tokenizers/ and registered."""
+    reg = ws.registry
+    src = Path(reg.model(source).path) if reg.has_model(source) else Path(source).expanduser()
+    if not src.is_dir():
+        raise LineageError(f"{source!r} is neither a registered model nor a folder")
+    name = name or (source if reg.has_model(source) else src.resolve().name)
+    if any(t.name == name for t in reg.tokenizers()):
+        raise ConflictError(f"a tokenizer named {name!r} is already registered")
+    out = ws.models_dir / "tokenizers" / name
+    if out.exists():
+        raise ConflictError(f"{out} already exists; choose another --name")
+    fingerprint = import_tokenizer(src, out)
+    try:
+        tokenizer = load_tokenizer(out)
+        params = describe_tokenizer(tokenizer, out) | {"source": str(src.resolve())}
+        return reg.add_tokenizer(name, str(out), fingerprint, len(tokenizer), params)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def create_workspace_model(
     ws: Workspace,
     name: str,
     *,
     family: str,
     shape: ModelShape | str,
-    tokenizer: str,
+    tokenizer: str | None = None,
+    tokenizer_from: str | None = None,
     seed: int = 0,
     max_positions: int = 512,
     description: str = "",
@@ -90,15 +117,25 @@ def create_workspace_model(
     init_range: float | None = None,
 ) -> Model:
     """A randomly initialised model under models/, registered (no edges: it starts a family).
-    ``dropout``/``init_range``: None keeps the Hugging Face defaults (0.1 / 0.02)."""
-    tok = ws.registry.tokenizer(tokenizer)
+
+    Its vocabulary is a registered ``tokenizer`` or the tokenizer of the registered model
+    ``tokenizer_from`` (so it can learn from that model: same fingerprint); exactly one.
+    ``dropout``/``init_range``: None keeps the Hugging Face defaults (0.1 / 0.02).
+    """
+    if (tokenizer is None) == (tokenizer_from is None):
+        raise LineageError("give exactly one of a tokenizer and a model to take it from")
+    if tokenizer is not None:
+        tok_dir, source = Path(ws.registry.tokenizer(tokenizer).path), f"tokenizer {tokenizer}"
+    else:
+        tok_dir = Path(ws.registry.model(str(tokenizer_from)).path)
+        source = f"the tokenizer of {tokenizer_from}"
     if ws.registry.has_model(name):
         raise LineageError(f"a model named {name!r} is already registered")
     out = ws.models_dir / name
     create_model(
         family,
         resolve_shape(shape),
-        Path(tok.path),
+        tok_dir,
         out,
         seed=seed,
         max_positions=max_positions,
@@ -110,7 +147,7 @@ def create_workspace_model(
         str(out),
         read_model_info(out),
         description=description
-        or f"{family} {resolve_shape(shape).to_dict()}, random init (seed {seed})",
+        or f"{family} {resolve_shape(shape).to_dict()}, random init (seed {seed}), {source}",
     )
 
 
@@ -127,6 +164,7 @@ def evaluate_model(
 ) -> list[Evaluation]:
     """Perplexity on each domain's valid split (fixed MLM masks), stored as Evaluations."""
     model = ws.registry.model(model_name)
+    check_has_lm_head(model.name, model.objective, "a model to evaluate")
     for d in domains:
         ws.registry.domain(d)
     device = default_device()

@@ -35,6 +35,77 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _bundled_texts(n_docs: int = 60) -> list[str]:
+    return [d for name in ("literature", "cs", "bio") for d in _bundled_slice(name, n_docs)]
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SentencePiece/Llama-style tokenizer in HF format, trained here: BPE over ``▁``-marked
+    words (Metaspace), ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, BOS prepended, no pad, no mask."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    bpe.train_from_iterator(_bundled_texts(), trainer=trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    out = tmp_path_factory.mktemp("llama-tok") / "tok"
+    fast.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def wordpiece_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT WordPiece tokenizer in HF format, trained here: lower-cased, ``[PAD]`` 0,
+    ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4, no BOS/EOS (documents end with SEP)."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=500, special_tokens=specials, show_progress=False
+    )
+    wp.train_from_iterator(_bundled_texts(), trainer=trainer)
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=wp,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    out = tmp_path_factory.mktemp("wordpiece-tok") / "tok"
+    fast.save_pretrained(str(out))
+    return out
+
+
 @pytest.fixture
 def make_model_dir(tmp_path: Path, tiny_tokenizer_dir: Path) -> Callable[..., Path]:
     """Build and save a tiny randomly initialised model: roberta (MLM) or gpt2 (causal)."""

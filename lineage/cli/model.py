@@ -124,8 +124,12 @@ def create(
     name: str,
     family: Annotated[str, typer.Option(help=f"One of {', '.join(FAMILIES)}.")],
     tokenizer: Annotated[
-        str, typer.Option(help="A registered tokenizer (see `lineage tokenizer list`).")
-    ],
+        str | None, typer.Option(help="A registered tokenizer (see `lineage tokenizer list`).")
+    ] = None,
+    tokenizer_from: Annotated[
+        str | None,
+        typer.Option(help="Use this registered model's tokenizer (a student of that teacher)."),
+    ] = None,
     preset: Annotated[
         str | None, typer.Option(help=f"A named shape: {', '.join(PRESETS)}.")
     ] = None,
@@ -144,8 +148,12 @@ def create(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a randomly initialised model (safetensors) from a preset or explicit shape."""
+    """Create a randomly initialised model (safetensors) from a preset or explicit shape, with
+    a registered tokenizer or the tokenizer of a registered model (--tokenizer-from)."""
     from lineage.lifecycle import create_workspace_model
+
+    if (tokenizer is None) == (tokenizer_from is None):
+        raise typer.BadParameter("give exactly one of --tokenizer and --tokenizer-from")
 
     if preset is not None:
         shape: ModelShape | str = preset
@@ -161,6 +169,7 @@ def create(
         family=family,
         shape=shape,
         tokenizer=tokenizer,
+        tokenizer_from=tokenizer_from,
         seed=seed,
         max_positions=max_positions,
         dropout=dropout,

@@ -9,7 +9,7 @@ import typer
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.cli.common import app as make_app
 
-app = make_app("Tokenizers: byte-level BPE vocabularies shared by teachers and students.")
+app = make_app("Tokenizers: vocabularies shared by teachers and students.")
 
 
 @app.command()
@@ -39,6 +39,35 @@ def train(
         )
 
 
+@app.command()
+def register(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(help="A registered model, or a folder holding tokenizer.json.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default: the model's or folder's name).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a real model's tokenizer (any Hugging Face fast tokenizer: byte-level BPE,
+    SentencePiece/Llama, WordPiece) so new students can share that model's vocabulary."""
+    from lineage.lifecycle import register_workspace_tokenizer
+
+    tok = register_workspace_tokenizer(workspace(ctx), source, name)
+    if as_json:
+        emit_json(tok.to_dict())
+        return
+    specials = ", ".join(f"{k} {v}" for k, v in tok.params["specials"].items())
+    console.print(
+        f"Registered [bold]{tok.name}[/]: {tok.params['kind']}, {tok.vocab_size} tokens, "
+        f"fingerprint {tok.fingerprint[:16]}…; specials: {specials}; documents end with "
+        f"{tok.params['separator']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List tokenizers."""
@@ -48,9 +77,15 @@ def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     table(
         "tokenizers",
-        ["name", "vocab", "fingerprint", "domains"],
+        ["name", "kind", "vocab", "fingerprint", "domains / source"],
         [
-            (t.name, t.vocab_size, t.fingerprint[:16], ", ".join(t.params.get("domains", [])))
+            (
+                t.name,
+                t.params.get("kind", "-"),
+                t.vocab_size,
+                t.fingerprint[:16],
+                ", ".join(t.params.get("domains", [])) or t.params.get("source", "-"),
+            )
             for t in toks
         ],
     )

@@ -161,7 +161,8 @@ def tokenize_to_blocks(
 ) -> BlocksInfo:
     """Tokenise a stream of documents into fixed-length blocks saved as ``out_path`` (.npy).
 
-    Each document is followed by ``</s>`` (the separator) and the stream is cut every
+    Each document is followed by the separator (``</s>``/EOS, or ``[SEP]`` for a tokenizer
+    without EOS: `lineage.corpora.tokenizer.separator_id`) and the stream is cut every
     ``block_size`` tokens; the final partial block is dropped. Memory stays O(batch_docs):
     full blocks go to a temporary raw file, and the .npy is assembled at the end, then renamed
     into place. ``tokenizer`` is a fast Hugging Face tokenizer. Returns [blocks, block_size]
@@ -172,9 +173,9 @@ def tokenize_to_blocks(
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise LineageError("tokenize_to_blocks needs a fast (Rust-backed) tokenizer")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise LineageError("the tokenizer has no end-of-sequence token to separate documents")
+    from lineage.corpora.tokenizer import separator_id  # transformers: only when tokenising
+
+    eos = separator_id(tokenizer)
     dtype = token_dtype(len(tokenizer))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,20 @@
-"""One byte-level BPE tokenizer shared by masked and causal models of a family.
+"""Tokenizers shared by teachers and students: trained here or taken from a real model.
 
-Special tokens have fixed ids so every model of the family agrees on them:
-``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4. Saved in Hugging Face format
-(``tokenizer.json`` + ``tokenizer_config.json``) so ``AutoTokenizer.from_pretrained`` loads it
-offline; its identity is :func:`lineage.registry.modelinfo.tokenizer_fingerprint` (the vocabulary).
+``train_tokenizer`` makes one byte-level BPE shared by masked and causal models of a family;
+its special tokens have fixed ids so every model agrees on them: ``<pad>`` 0, ``<s>`` 1,
+``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4. ``import_tokenizer`` copies any Hugging Face fast
+tokenizer (byte-level BPE as GPT-2/RoBERTa, SentencePiece-style BPE or Unigram as Llama/T5,
+WordPiece as BERT) so students can share a real model's vocabulary. Either is saved in Hugging
+Face format (``tokenizer.json`` + ``tokenizer_config.json``) so ``AutoTokenizer.from_pretrained``
+loads it offline; its identity is :func:`lineage.registry.modelinfo.tokenizer_fingerprint`.
+
+Documents are separated in token blocks by the end-of-sequence token, or, for tokenizers without
+one (BERT's WordPiece), by the separator token ``[SEP]`` (`separator_id`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +28,15 @@ from lineage.registry.modelinfo import tokenizer_fingerprint
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")  # ids 0..4, in this order
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Also copied when a real model's tokenizer is imported (slow-tokenizer sources, extra tokens).
+EXTRA_TOKENIZER_FILES = (
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+_SPECIAL_ROLES = ("bos", "eos", "sep", "cls", "pad", "unk", "mask")
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the specials
 
 
@@ -36,16 +52,53 @@ class TokenizerInfo:
 
     @classmethod
     def of(cls, tokenizer: PreTrainedTokenizerBase) -> TokenizerInfo:
-        if tokenizer.eos_token_id is None:
-            raise LineageError("the tokenizer has no end-of-sequence token (documents need one)")
+        """``eos_id`` is the document separator (`separator_id`); ``pad_id`` falls back to it."""
+        eos = separator_id(tokenizer)
         pad = tokenizer.pad_token_id
         return cls(
             vocab_size=len(tokenizer),
-            pad_id=int(pad if pad is not None else tokenizer.eos_token_id),
-            eos_id=int(tokenizer.eos_token_id),
+            pad_id=int(pad if pad is not None else eos),
+            eos_id=eos,
             mask_id=None if tokenizer.mask_token_id is None else int(tokenizer.mask_token_id),
             special_ids=tuple(sorted(int(i) for i in tokenizer.all_special_ids)),
         )
+
+
+def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends each document in a block: EOS, else SEP (WordPiece BERT has no EOS)."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise LineageError(
+        "the tokenizer has neither an end-of-sequence nor a separator token, so documents "
+        "cannot be separated in token blocks; set eos_token in its tokenizer_config.json"
+    )
+
+
+def describe_tokenizer(tokenizer: PreTrainedTokenizerBase, path: Path) -> dict[str, object]:
+    """What a registered tokenizer records: its algorithm, special tokens and separator."""
+    spec = json.loads((Path(path) / "tokenizer.json").read_text(encoding="utf-8"))
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    pre_types = [str(p.get("type")) for p in steps if p]
+    model = str(spec["model"].get("type", "unknown"))
+    if "ByteLevel" in pre_types:
+        kind = f"byte-level-{model.lower()}"
+    elif "Metaspace" in pre_types or spec["model"].get("byte_fallback"):
+        kind = f"sentencepiece-{model.lower()}"  # ▁ for spaces (Llama, T5, Mistral)
+    else:
+        kind = model.lower()  # e.g. wordpiece (BERT)
+    specials = {
+        role: getattr(tokenizer, f"{role}_token")
+        for role in _SPECIAL_ROLES
+        if getattr(tokenizer, f"{role}_token_id") is not None
+    }
+    sep = separator_id(tokenizer)
+    return {
+        "kind": kind,
+        "specials": specials,
+        "separator": tokenizer.convert_ids_to_tokens(sep),
+    }
 
 
 def _documents(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
@@ -117,9 +170,25 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Copy the tokenizer files of ``src`` (those that exist) into ``dst``."""
-    for name in TOKENIZER_FILES:
+def import_tokenizer(src: Path, out_dir: Path) -> str:
+    """Copy a Hugging Face fast tokenizer (a tokenizer or model folder) to ``out_dir``, atomically;
+    return its fingerprint, which equals the source's (checked)."""
+    src = Path(src)
+    tokenizer = load_tokenizer(src)  # refuses folders without a fast tokenizer
+    separator_id(tokenizer)  # and tokenizers that cannot separate documents
+    fingerprint = tokenizer_fingerprint(src)
+    if fingerprint is None:
+        raise LineageError(f"{src}: cannot read the tokenizer's vocabulary")
+    with atomic_dir(Path(out_dir)) as tmp:
+        copy_tokenizer_files(src, tmp, extra=True)
+    assert tokenizer_fingerprint(Path(out_dir)) == fingerprint
+    return fingerprint
+
+
+def copy_tokenizer_files(src: Path, dst: Path, *, extra: bool = False) -> None:
+    """Copy the tokenizer files of ``src`` (those that exist) into ``dst``; ``extra`` adds the
+    slow-tokenizer sources (SentencePiece model, WordPiece/BPE vocabularies)."""
+    for name in TOKENIZER_FILES + (EXTRA_TOKENIZER_FILES if extra else ()):
         file = Path(src) / name
         if file.is_file():
             (Path(dst) / name).write_bytes(file.read_bytes())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lineage.errors import LineageError
 from lineage.inherit.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 from lineage.registry.entities import Model, Plan, Shard
+from lineage.registry.modelinfo import ENCODER, check_has_lm_head
 from lineage.routing.router import Assignment, Router, RouterWeights
 
 if TYPE_CHECKING:
@@ -162,6 +163,8 @@ def make_schedule(
 
 
 def _check_tokenizers(teacher: Model, student: Model) -> None:
+    check_has_lm_head(teacher.name, teacher.objective, "a KI teacher")
+    check_has_lm_head(student.name, student.objective, "a KI student")
     if teacher.tokenizer_fingerprint is None or student.tokenizer_fingerprint is None:
         missing = teacher.name if teacher.tokenizer_fingerprint is None else student.name
         raise LineageError(
@@ -186,6 +189,7 @@ def compatible_teachers(reg: Registry, student: Model) -> list[Model]:
         if m.name != student.name
         and m.name not in adapters
         and m.objective == student.objective
+        and m.objective != ENCODER
         and m.tokenizer_fingerprint is not None
         and m.tokenizer_fingerprint == student.tokenizer_fingerprint
     ]
@@ -272,6 +276,7 @@ def create_plan(
         raise LineageError(f"unknown schedule {schedule!r} ({', '.join(SCHEDULE_KINDS)})")
     reg = ws.registry
     stud = reg.model(student)
+    check_has_lm_head(stud.name, stud.objective, "a KI student")
     shards = _train_shards(reg, domains)
     cands = _teachers(reg, stud, teachers)
     params = dict(schedule_params or {})

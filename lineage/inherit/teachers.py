@@ -15,13 +15,17 @@ from lineage.inherit.cache import CacheMeta, LogitCache, open_cache
 from lineage.inherit.cache_build import build_cache
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
+from lineage.registry.modelinfo import check_has_lm_head
 from lineage.workspace import Workspace
 
 TEACHER_MODES = ("cached", "online")
 
 
 def check_same_vocabulary(teacher: Model, student: Model) -> None:
-    """Refuse a teacher whose tokenizer differs: its token ids would mean other words."""
+    """Refuse a teacher whose tokenizer differs: its token ids would mean other words; and
+    encoders (no LM head), which have no predictions to inherit or to learn."""
+    check_has_lm_head(teacher.name, teacher.objective, "a KI teacher")
+    check_has_lm_head(student.name, student.objective, "a KI student")
     if teacher.tokenizer_fingerprint != student.tokenizer_fingerprint:
         raise LineageError(
             f"teacher {teacher.name!r} and student {student.name!r} do not share a tokenizer "

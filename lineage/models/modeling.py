@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     BertConfig,
@@ -33,7 +34,7 @@ from lineage.models.shapes import FAMILIES as FAMILIES
 from lineage.models.shapes import PRESETS as PRESETS
 from lineage.models.shapes import ModelShape as ModelShape
 from lineage.models.shapes import objective_of_family, resolve_shape
-from lineage.registry.modelinfo import read_model_info
+from lineage.registry.modelinfo import ENCODER, read_model_info
 
 
 def build_config(
@@ -84,6 +85,11 @@ def _family_config(
         raise LineageError("max_positions must be >= 2")
     if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
         raise LineageError("grouped-query attention (kv_heads) is only supported for llama")
+    if objective_of_family(family) == "mlm" and tokenizer.mask_token_id is None:
+        raise LineageError(
+            f"{family} is a masked LM and needs a mask token, which this tokenizer has not; "
+            "use a causal family (gpt2, llama) with it"
+        )
     ids: dict[str, Any] = {
         "attn_implementation": "sdpa",
         "vocab_size": len(tokenizer),
@@ -128,6 +134,8 @@ def _family_config(
 
 
 def _auto_class(objective: str) -> Any:
+    if objective == ENCODER:
+        return AutoModel  # the backbone alone (no LM head): a growth source
     return AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
 
 
@@ -170,7 +178,9 @@ def tokenizer_vocab_size(model_dir: Path) -> int | None:
     if not tok_json.is_file():
         return None
     spec = json.loads(tok_json.read_text(encoding="utf-8"))
-    ids = list(spec["model"].get("vocab", {}).values()) + [a["id"] for a in spec["added_tokens"]]
+    vocab = spec["model"].get("vocab", {})  # Unigram: a list of [token, score], by id
+    ids = list(vocab.values() if isinstance(vocab, dict) else range(len(vocab)))
+    ids += [a["id"] for a in spec["added_tokens"]]
     return max(ids) + 1 if ids else None
 
 

@@ -19,7 +19,8 @@ def render_card(model: Model, parents: Sequence[Edge], generation: int) -> str:
     bases = [e for e in parents if e.kind in BASE_RELATION]
     teachers = sorted({e.parent for e in parents if e.kind == "ki"})
     meta = ["---", "library_name: transformers", "tags:", "- lineage"]
-    meta.append("- fill-mask" if model.objective == "mlm" else "- text-generation")
+    task = {"mlm": "fill-mask", "clm": "text-generation"}.get(model.objective, "feature-extraction")
+    meta.append(f"- {task}")
     if bases:
         meta.append("base_model:")
         meta += [f"- {e.parent}" for e in bases]

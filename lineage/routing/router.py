@@ -18,6 +18,7 @@ import numpy as np
 from lineage.corpora.profiles import VocabularyProfile, profile_texts
 from lineage.errors import LineageError
 from lineage.registry.entities import Shard
+from lineage.registry.modelinfo import ENCODER
 from lineage.routing.scoring import (
     CandidateInfo,
     CandidateScore,
@@ -163,7 +164,11 @@ class Router:
         domains = {
             d.name: VocabularyProfile.from_dict(d.profile) for d in reg.domains() if d.profile
         }
-        names = teachers if teachers is not None else [m.name for m in reg.models()]
+        names = (
+            teachers
+            if teachers is not None
+            else [m.name for m in reg.models() if m.objective != ENCODER]  # no head: no teacher
+        )
         cands = [candidate_info(reg, n, domains) for n in names if n != student]
         stud = candidate_info(reg, student, domains) if student else None
         measurer = None

@@ -21,7 +21,7 @@ from lineage.inherit.schedules import AutoInheritance
 from lineage.inherit.teachers import check_same_vocabulary
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
-from lineage.registry.modelinfo import ModelInfo, read_model_info
+from lineage.registry.modelinfo import ModelInfo, check_has_lm_head, read_model_info
 from lineage.train.assign import (
     Assigned,
     assign_shards,
@@ -100,6 +100,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     student = reg.model(job.student)
     if is_adapter(reg, student.name):
         raise LineageError(f"{student.name!r} is a LoRA adapter: train from its base model")
+    check_has_lm_head(student.name, student.objective, "a model to train")
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
     for d in job.domains:
