@@ -282,6 +282,7 @@ def grow_workspace_model(
     """
     reg = ws.registry
     src = reg.model(source)
+    check_has_lm_head(src.name, src.objective, "a growth source (no head to score it by)")
     if reg.has_model(new):
         raise ConflictError(f"a model named {new!r} is already registered")
     out = ws.models_dir / new

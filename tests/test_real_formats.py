@@ -181,6 +181,10 @@ def test_bert_without_mlm_head_is_an_encoder(
     with pytest.raises(LineageError, match=r"encoder.*refused as a KI student"):
         create_plan(ws, student="minilm", domains=["x"], teachers="auto")
     from lineage.inherit.plans import compatible_teachers
+    from lineage.lifecycle import grow_workspace_model
+
+    with pytest.raises(LineageError, match="refused as a growth source"):
+        grow_workspace_model(ws, "minilm", "big", layers=2, hidden=64)
 
     student = ws.registry.model("bert-mlm")
     assert compatible_teachers(ws.registry, student) == []  # minilm is no teacher

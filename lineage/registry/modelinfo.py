@@ -19,10 +19,10 @@ MLM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 CLM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 # A masked LM's prediction head in its weights (BERT, RoBERTa, DistilBERT, ELECTRA generator).
 MLM_HEAD_PREFIXES = ("cls.predictions.", "lm_head.", "vocab_projector.", "generator_lm_head.")
-ENCODER = "encoder"  # the objective of a model without an LM head: growth source only
+ENCODER = "encoder"  # the objective of a model without an LM head (registered, not used)
 ENCODER_ROLE = (
-    "it has no masked- or causal-LM head, so it has no perplexity and cannot be a KI teacher or "
-    "student; it can be grown (lineage grow) or given a head by fine-tuning elsewhere"
+    "it has no masked- or causal-LM head in its weights, so it has no perplexity and nothing to "
+    "inherit or learn by KI"
 )
 
 
