@@ -15,7 +15,8 @@ from lineage.cli import app
 from lineage.corpora.domains import bundled_domains_dir, read_documents
 from lineage.corpora.profiles import profile_texts
 from lineage.errors import LineageError, NotFoundError
-from lineage.inherit.plans import PLAN_VERSION, PlanSpec, create_plan, load_plan, make_schedule
+from lineage.inherit.plans import PLAN_VERSION, PlanSpec, load_plan, make_schedule
+from lineage.inherit.plans import create_plan as measured_plan
 from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.registry.modelinfo import ModelInfo
 from lineage.workspace import Workspace
@@ -32,6 +33,11 @@ def docs(name: str) -> tuple[str, ...]:
         if len(out) == 400:
             break
     return tuple(out)
+
+
+def create_plan(ws: Workspace, **kwargs: Any) -> Any:
+    """The models here are registry entries without weights: plan on registry perplexities."""
+    return measured_plan(ws, **{"measure": False} | kwargs)
 
 
 def info(layers: int, fingerprint: str | None = "tok-A", n_params: int = 1_000_000) -> ModelInfo:
@@ -65,6 +71,14 @@ def setup(ws: Workspace, tmp: Path) -> None:
     reg.add_domain("empty")
     reg.add_model("student", "/m/student", info(12), domains=["literature"])
     reg.add_model("alien", "/m/alien", info(6, fingerprint="tok-B"), domains=["cs"])
+    # Registry perplexities (teachers must beat the student where they teach): each teacher is
+    # best on its own domain, the student worse than every teacher.
+    for name in DOMAINS:
+        reg.add_evaluation("student", name, loss=3.9, ppl=50.0)
+        for teacher in DOMAINS:
+            reg.add_evaluation(
+                f"t_{teacher}", name, loss=2.3, ppl=10.0 if teacher == name else 30.0
+            )
 
 
 def test_plan_routes_shards_and_round_trips(ws: Workspace, tmp_path: Path) -> None:
@@ -260,12 +274,12 @@ def test_cli_plan(ws: Workspace, tmp_path: Path) -> None:
     root = str(ws.root)
     out = json.loads(
         invoke("-w", root, "plan", "create", "--student", "student", "-d", "cs", "-d", "literature",
-               "--steps", "200", "--name", "p1", "--json")
+               "--steps", "200", "--name", "p1", "--no-measure", "--json")
     )  # fmt: skip
     assert out["name"] == "p1" and out["spec"]["teachers"] == "auto"
     assert [s["teacher"] for s in out["spec"]["shards"]] == ["t_cs"] * 2 + ["t_literature"] * 2
     invoke("-w", root, "plan", "create", "--student", "student", "-d", "bio", "--teachers",
-           "t_bio", "--schedule", "heaviside", "-p", "switch_step=50")  # fmt: skip
+           "t_bio", "--schedule", "heaviside", "-p", "switch_step=50", "--no-measure")  # fmt: skip
     shown = json.loads(invoke("-w", root, "plan", "show", "p1", "--json"))
     assert shown["spec"] == out["spec"]
     listed = json.loads(invoke("-w", root, "plan", "list", "--json"))

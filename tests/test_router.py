@@ -179,6 +179,66 @@ def test_other_refusals() -> None:
         RouterWeights(min_proximity=2.0)
 
 
+def test_unknown_or_trivially_beaten_perplexities_never_teach() -> None:
+    shard = profile_texts(held_slices("cs", 1)[0])
+    student = cand("s", None, ppl={"cs": 80.0}, vocab_size=1000)
+    unknown = cand("unknown", "cs", n_params=1e9)  # big and in-domain: priors alone would win
+    (s,) = score_candidates(shard, [unknown], student=student)
+    assert not s.eligible and "its perplexity on this shard is unknown" in s.reason
+    quiet = cand("s", None)  # the student's perplexity is unknown: nothing to beat
+    (s,) = score_candidates(shard, [cand("t", "cs", ppl={"cs": 5.0})], student=quiet)
+    assert not s.eligible and "the student's perplexity on this shard is unknown" in s.reason
+    # A teacher at or above its vocabulary size is worse than uniform, student or not.
+    ruined = cand("ruined", "cs", n_params=1e9, ppl={"cs": 1500.0}, vocab_size=1000)
+    for who in (student, None):
+        (s,) = score_candidates(shard, [ruined], student=who)
+        assert not s.eligible and "worse than uniform over its 1000 tokens" in s.reason
+    # Beating the student is not enough when counting tokens does better (measured unigram).
+    weak = cand("weak", "cs", ppl={"cs": 60.0}, vocab_size=1000)
+    (s,) = score_candidates(shard, [weak], student=student, unigram={"weak": 40.0})
+    assert not s.eligible and "not below the shard's unigram perplexity 40.00" in s.reason
+    (s,) = score_candidates(shard, [weak], student=student, unigram={"weak": 70.0})
+    assert s.eligible and s.reason == ""
+
+
+def test_ruined_and_weaker_models_are_never_chosen(family_ws: Workspace) -> None:
+    """A grown-then-ruined model (big, in-domain, a good registry score from before it was
+    ruined) and a random model bigger than the student sit in the registry; measured by
+    default, the plan never gives either a shard, and says why."""
+    import torch
+
+    from lineage.inherit.plans import create_plan
+    from lineage.lifecycle import grow_workspace_model
+    from lineage.models.modeling import load_model
+
+    ws = family_ws
+    ruined, _ = grow_workspace_model(ws, "teacher-lit", "ruined", layers=4, hidden=64,
+                                     block_size=32, max_blocks=2)  # fmt: skip
+    assert ws.registry.evaluations(model="ruined")  # its (good) score from before the ruin
+    lm = load_model(Path(ruined.path))
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.mul_(25.0)  # saturated: confidently wrong everywhere
+    lm.save_pretrained(ruined.path)
+    plan = create_plan(ws, student="teacher-lit", domains=["literature", "cs"], steps=100)
+    shards = plan.spec["shards"]
+    scores = {(s["name"], c["model"]): c for s in shards for c in s["scores"]}
+    assert {c["ppl_source"] for c in scores.values()} == {"measured"}
+    for s in shards:
+        ruin = scores[s["name"], "ruined"]
+        assert s["teacher"] != "ruined" and not ruin["eligible"]
+        assert "worse than uniform" in ruin["reason"] or "unigram" in ruin["reason"]
+        toy = scores[s["name"], "student"]  # random init, more parameters than the student
+        assert s["teacher"] != "student" or toy["eligible"]
+    router = Router.from_workspace(ws, student="teacher-lit", measure=True)
+    for a in router.route(ws.registry.shards("cs", split="train")):
+        assert a.unigram_ppl is not None and a.student_ppl is not None
+        for sc in a.scores:  # the rule, measured: every eligible teacher beats both
+            if sc.eligible:
+                assert sc.ppl is not None and sc.ppl < min(a.student_ppl, a.unigram_ppl)
+        assert "measured now" in a.explain() and "unigram ppl" in a.explain()
+
+
 def test_index_matches_the_reference_measures() -> None:
     profiles = {n: domain_profile(n) for n in DOMAINS}
     index = DomainIndex(profiles)
@@ -237,8 +297,9 @@ def test_measure_from_workspace(ws: Workspace, make_model_dir: Callable[..., Pat
     (a,) = Router.from_workspace(ws, measure=True, student="b").route(text)
     assert [s.model for s in a.scores] == ["a"] and a.scores[0].ppl_source == "measured"
     assert a.scores[0].ppl is not None and a.student_ppl is not None
-    # Random tiny models: whichever is lower decides; the verdict follows the numbers.
-    assert (a.teacher == "a") == (a.scores[0].ppl < a.student_ppl)
+    # Random tiny models: the verdict follows the numbers (the student's, uniform, unigram).
+    ok = a.scores[0].ppl < min(a.student_ppl, 300, a.unigram_ppl or math.inf)
+    assert (a.teacher == "a") == ok == a.scores[0].eligible
 
 
 def test_route_inputs(ws: Workspace, tmp_path: Path) -> None:
@@ -293,7 +354,14 @@ def test_cli_route(ws: Workspace, tmp_path: Path) -> None:
     result = runner.invoke(app, ["-w", root, "route", str(path), "--explain"])
     assert result.exit_code == 0, result.output
     assert "teacher t_cs" in result.output and "shared terms" in result.output
-    result = runner.invoke(app, ["-w", root, "route", str(path), "--student", "t_cs", "--json"])
-    assert all(s["model"] != "t_cs" for s in json.loads(result.output)[0]["scores"])
+    # Registry-only models (no weights here): --no-measure, so no teacher is eligible without
+    # perplexities for it and the student, and the refusal names the missing measurement.
+    args = ["-w", root, "route", str(path), "--student", "t_cs", "--no-measure", "--json"]
+    result = runner.invoke(app, args)
+    (out,) = json.loads(result.output)
+    assert all(s["model"] != "t_cs" for s in out["scores"]) and out["teacher"] is None
+    assert all("unknown: measure it" in s["reason"] for s in out["scores"])
+    result = runner.invoke(app, args[:-2])  # --student measures by default: loads the models
+    assert result.exit_code == 1 and "does not exist" in result.output
     result = runner.invoke(app, ["-w", root, "route"])
     assert result.exit_code == 1 and "--text" in result.output

@@ -36,8 +36,13 @@ def create(
     temperature: Annotated[float, typer.Option(help="Temperature of the KI term.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Teacher logits kept per position.")] = 10,
     measure: Annotated[
-        bool, typer.Option(help="Measure perplexities on a sample of each shard (loads models).")
-    ] = False,
+        bool,
+        typer.Option(
+            help="Measure teacher and student perplexities on a sample of each shard (loads "
+            "models). Without it, teachers need registry perplexities for theirs and the "
+            "student's nearest domain."
+        ),
+    ] = True,
     name: Annotated[str | None, typer.Option(help="Plan name (default: student-domains).")] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -32,8 +32,12 @@ def route(
         typer.Option("--teacher", help="Only these candidate teachers (default: every model)."),
     ] = None,
     measure: Annotated[
-        bool, typer.Option(help="Measure each model's perplexity on a sample (loads them).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="Measure each model's perplexity on a sample (loads them); default: with "
+            "--student (teachers must beat it), without it, registry perplexities only."
+        ),
+    ] = None,
     explain: Annotated[
         bool, typer.Option(help="Show every candidate's evidence and score terms.")
     ] = False,
@@ -44,7 +48,10 @@ def route(
     if not items:
         raise LineageError("give a file to route, or --text TEXT")
     router = Router.from_workspace(
-        workspace(ctx), teachers=teacher, student=student, measure=measure
+        workspace(ctx),
+        teachers=teacher,
+        student=student,
+        measure=student is not None if measure is None else measure,
     )
     assignments = router.route(items)
     if as_json:

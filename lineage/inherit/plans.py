@@ -260,13 +260,15 @@ def create_plan(
     top_k: int = 10,
     name: str | None = None,
     weights: RouterWeights | None = None,
-    measure: bool = False,
+    measure: bool = True,
 ) -> Plan:
     """Route every train shard of ``domains`` to a teacher and store the plan in the registry.
 
     Refuses unknown models and domains, a teacher equal to the student, teachers whose
-    tokenizer differs from the student's, and domains without train shards. ``measure``:
-    teacher and student perplexities measured on a sample of each shard (loads the models).
+    tokenizer differs from the student's, and domains without train shards. ``measure``
+    (default): teacher and student perplexities measured on a sample of each shard (loads the
+    models); without it a teacher is eligible only where the registry holds both perplexities
+    on the shard's nearest domain (the router refuses the rest, naming what is missing).
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise LineageError(f"steps must be an integer >= 1, got {steps!r}")

@@ -46,7 +46,8 @@ class PerplexityMeter:
             self._loaded[model.name] = (load_model(path, device=self.device), load_tokenizer(path))
         return self._loaded[model.name]
 
-    def __call__(self, model: CandidateInfo, docs: Sequence[str]) -> float | None:
+    def _blocks(self, model: CandidateInfo, docs: Sequence[str]) -> np.ndarray | None:
+        """The sample as the model sees it: [n, block] token ids (None: shorter than a block)."""
         lm, tok = self._load(model)
         config = lm.config
         positions = getattr(config, "max_position_embeddings", None) or config.n_positions
@@ -58,7 +59,25 @@ class PerplexityMeter:
             )
             if info.blocks == 0:
                 return None
-            blocks = np.array(load_blocks(info.path)[: self.max_blocks])  # out of the mmap
+            return np.array(load_blocks(info.path)[: self.max_blocks])  # out of the mmap
+
+    def unigram(self, model: CandidateInfo, docs: Sequence[str]) -> float | None:
+        """The sample's unigram perplexity under ``model``'s tokenizer: token frequencies of the
+        same blocks, add-one smoothed over the vocabulary. A teacher that cannot beat it knows
+        less about the shard than counting tokens does."""
+        blocks = self._blocks(model, docs)
+        if blocks is None:
+            return None
+        vocab = len(self._load(model)[1])
+        counts = np.bincount(blocks.reshape(-1).astype(np.int64), minlength=vocab) + 1.0
+        logp = np.log(counts / counts.sum())
+        return float(np.exp(-logp[blocks.reshape(-1)].mean()))
+
+    def __call__(self, model: CandidateInfo, docs: Sequence[str]) -> float | None:
+        blocks = self._blocks(model, docs)
+        if blocks is None:
+            return None
+        lm, tok = self._load(model)
         result = evaluate(
             lm,
             blocks,

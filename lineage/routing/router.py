@@ -8,6 +8,7 @@ models for ``measure=True`` (``lineage.routing.perplexity``).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,10 +61,23 @@ class Assignment:
     student: str | None
     student_ppl: float | None
     scores: tuple[CandidateScore, ...]  # best total first
+    unigram_ppl: float | None = None  # the shard sample's, under the student's tokenizer
+
+    @property
+    def regret(self) -> float | None:
+        """ln(ppl of the chosen teacher / the lowest measured ppl among eligible candidates),
+        nats (0: the oracle's choice); None unless the chosen and the eligible were measured
+        on this shard."""
+        ok = [s for s in self.scores if s.eligible]
+        ppl = {s.model: s.ppl for s in ok if s.ppl is not None and s.ppl_source == "measured"}
+        if self.teacher is None or len(ppl) < len(ok):
+            return None
+        return math.log(ppl[self.teacher] / min(ppl.values()))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["scores"] = [s.to_dict() for s in self.scores]
+        out["regret"] = self.regret
         return out
 
     def explain(self) -> str:
@@ -74,13 +88,20 @@ class Assignment:
             f"teacher {chosen}"
             + (f"; student {self.student} ppl {_fmt_ppl(self.student_ppl)}" if self.student else "")
         ]
+        if self.unigram_ppl is not None or self.regret is not None:
+            regret = "?" if self.regret is None else f"{self.regret:.3f} nats"
+            lines.append(
+                f"  shard unigram ppl {_fmt_ppl(self.unigram_ppl)} (measured now: a teacher must "
+                f"beat it); regret vs the lowest measured ppl: {regret}"
+            )
         for s in self.scores:
             verdict = "ok" if s.eligible else f"refused: {s.reason}"
             lines.append(
                 f"  {s.model}: total {s.total:+.3f} = proximity {s.proximity_term:+.3f} "
                 f"({s.domain} {s.proximity:.1%}) + capacity {s.capacity_term:+.3f} "
-                f"({s.n_params:,} params) + quality {s.quality_term:+.3f} "
-                f"(ppl {_fmt_ppl(s.ppl)} {s.ppl_source or ''}) [{verdict}]"
+                f"({s.n_params:,} params{', prior: ppl unknown' if s.capacity_term else ''}) "
+                f"+ quality {s.quality_term:+.3f} (ppl {_fmt_ppl(s.ppl)}, "
+                f"{_source(s.ppl_source)}) [{verdict}]"
             )
             if s.shared_terms:
                 lines.append(f"    shared terms: {', '.join(s.shared_terms)}")
@@ -89,6 +110,15 @@ class Assignment:
 
 def _fmt_ppl(ppl: float | None) -> str:
     return "?" if ppl is None else f"{ppl:.2f}"
+
+
+def _source(ppl_source: str | None) -> str:
+    """Where a perplexity came from, for people: measured now, the registry, or nowhere."""
+    if ppl_source is None:
+        return "not measured"
+    if ppl_source == "measured":
+        return "measured now on a sample of the shard"
+    return f"registry, {ppl_source.removeprefix('registry:')} valid split"
 
 
 # --- the router (I/O: shards, registry, models) ----------------------------------------------
@@ -126,6 +156,7 @@ class Router:
         weights: RouterWeights | None = None,
         measure: ProximityMeasure = "coverage",
         measurer: Measurer | None = None,
+        baseline: Measurer | None = None,
         sample_docs: int = 64,
         root: Path | None = None,
     ) -> None:
@@ -139,6 +170,7 @@ class Router:
         self.weights = weights or RouterWeights()
         self.measure = measure
         self.measurer = measurer
+        self.baseline = baseline  # the shard sample's unigram ppl under a model's tokenizer
         self.sample_docs = sample_docs
         self.root = root
         # Shards are profiled exactly as the domains were, so their word lists compare.
@@ -184,6 +216,7 @@ class Router:
             weights=weights,
             measure=proximity,
             measurer=measurer,
+            baseline=measurer.unigram if measurer is not None else None,
             root=ws.root,
         )
 
@@ -240,10 +273,12 @@ class Router:
         profile = item.profile or self.profile(item.docs())
         domain, proximity = self.nearest_domain(profile)
         measured: dict[str, float | None] = {}
+        unigram: dict[str, float | None] = {}
         if self.measurer is not None:
             sample = list(itertools.islice(item.docs(), self.sample_docs))
             models = [*self.candidates, *([self.student] if self.student else [])]
             measured = {m.name: self.measurer(m, sample) for m in models} if sample else {}
+            unigram = self._unigram(models, sample) if sample else {}
         scores = score_candidates(
             profile,
             self.candidates,
@@ -253,6 +288,7 @@ class Router:
             nearest_domain=domain,
             index=self.index,
             measure=self.measure,
+            unigram=unigram,
         )
         teacher = next((s.model for s in scores if s.eligible), None)
         student_ppl = None
@@ -267,7 +303,21 @@ class Router:
             student=self.student.name if self.student else None,
             student_ppl=student_ppl,
             scores=tuple(scores),
+            unigram_ppl=unigram.get(self.student.name) if self.student else None,
         )
+
+    def _unigram(
+        self, models: Sequence[CandidateInfo], sample: list[str]
+    ) -> dict[str, float | None]:
+        """The sample's unigram perplexity under each model's tokenizer (once per tokenizer)."""
+        if self.baseline is None:
+            return {}
+        by_tokenizer: dict[str | None, float | None] = {}
+        for m in models:
+            key = m.tokenizer or m.name
+            if key not in by_tokenizer:
+                by_tokenizer[key] = self.baseline(m, sample)
+        return {m.name: by_tokenizer[m.tokenizer or m.name] for m in models}
 
 
 def candidate_info(
@@ -285,4 +335,5 @@ def candidate_info(
         tokenizer=model.tokenizer_fingerprint,
         path=model.path,
         objective=model.objective,
+        vocab_size=model.vocab_size,
     )

@@ -12,8 +12,13 @@ leaves ``optimal`` open but names its ingredients, and the router scores exactly
 - **quality** (§3.2, §3.3 Table 2): lower perplexity teaches better — the teacher's registry
   perplexity on the shard's nearest domain, or its perplexity measured on a sample of the shard;
 - **eligibility** (§3.1 "teacher-guided learning is redundant after M_L surpasses M_S"): a
-  teacher is assigned only where it is better than the student (lower perplexity, when both are
-  known) and shares its tokenizer; otherwise the shard gets self-learning only (α = 0).
+  teacher is assigned only where it shares the student's tokenizer and is better than the
+  student — lower perplexity on the shard, so both perplexities must be known (measured on a
+  sample, or in the registry): a teacher whose perplexity or the student's is unknown is refused
+  with the missing measurement named. A teacher is never eligible when it is worse than a
+  trivial model: a perplexity at or above its vocabulary size (uniform guessing) or above the
+  shard's unigram perplexity (token frequencies of the sample, under the same tokenizer). A
+  shard without an eligible teacher gets self-learning only (α = 0).
 
 The proximity of a small shard to a whole domain is measured by default as **coverage**: the
 share of the shard's word occurrences (stopwords excluded) that are among the domain's top-k
@@ -80,6 +85,7 @@ class CandidateInfo:
     tokenizer: str | None = None  # tokenizer fingerprint
     path: str = ""  # model directory (for measuring)
     objective: str = ""  # "mlm" | "clm"
+    vocab_size: int = 0  # tokens: a perplexity at or above it is worse than uniform guessing
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,7 @@ def score_candidates(
     nearest_domain: str | None = None,
     index: DomainIndex | None = None,
     measure: ProximityMeasure = "coverage",
+    unigram: Mapping[str, float | None] | None = None,
 ) -> list[CandidateScore]:
     """Score every candidate teacher for one shard; best total first (ties: name).
 
@@ -229,7 +236,9 @@ def score_candidates(
     included), preferred over registry ones. ``nearest_domain``: the shard's nearest registered
     domain, whose registry perplexities are the quality evidence (default: the nearest among
     the candidates' domains). ``index``: a prebuilt ``DomainIndex`` holding the candidates'
-    domains (default: built here). The chosen teacher is the first eligible score.
+    domains (default: built here). ``unigram``: the shard sample's unigram perplexity under each
+    candidate's tokenizer, by model name (a teacher must beat it). The chosen teacher is the
+    first eligible score.
     """
     weights = weights or RouterWeights()
     measured = measured or {}
@@ -256,7 +265,8 @@ def score_candidates(
         cap = math.log(cand.n_params / n_ref) if n_ref and cand.n_params > 0 else 0.0
         qual = math.log(ppl_ref / ppl) if ppl and ppl_ref else 0.0
         terms_ = (weights.proximity * proximity, weights.capacity * cap, weights.quality * qual)
-        reason = _refusal(cand, student, ppl, student_ppl, proximity, weights)
+        floor = (unigram or {}).get(cand.name)
+        reason = _refusal(cand, student, (ppl, student_ppl, floor), proximity, weights)
         scores.append(
             CandidateScore(
                 model=cand.name,
@@ -280,18 +290,27 @@ def score_candidates(
 def _refusal(
     cand: CandidateInfo,
     student: CandidateInfo | None,
-    ppl: float | None,
-    student_ppl: float | None,
+    evidence: tuple[float | None, float | None, float | None],
     proximity: float,
     weights: RouterWeights,
 ) -> str:
-    """Why ``cand`` may not teach this shard, or ""."""
+    """Why ``cand`` may not teach this shard, or "". ``evidence``: (the candidate's ppl, the
+    student's, the shard's unigram ppl under the candidate's tokenizer), None when unknown."""
+    ppl, student_ppl, unigram = evidence
+    if ppl is not None and cand.vocab_size and ppl >= cand.vocab_size:
+        return f"ppl {ppl:.2f} is worse than uniform over its {cand.vocab_size} tokens"
+    if ppl is not None and unigram is not None and ppl >= unigram:
+        return f"ppl {ppl:.2f} is not below the shard's unigram perplexity {unigram:.2f}"
     if student is not None:
         if cand.name == student.name:
             return "it is the student"
         if cand.tokenizer and student.tokenizer and cand.tokenizer != student.tokenizer:
             return "its tokenizer differs from the student's"
-        if ppl is not None and student_ppl is not None and ppl >= student_ppl:
+        if ppl is None:
+            return "its perplexity on this shard is unknown: measure it (--measure)"
+        if student_ppl is None:
+            return "the student's perplexity on this shard is unknown: measure it (--measure)"
+        if ppl >= student_ppl:
             return f"ppl {ppl:.2f} is not below the student's {student_ppl:.2f}"
     if proximity < weights.min_proximity:
         return f"proximity {proximity:.1%} is below min_proximity {weights.min_proximity:.1%}"
