@@ -27,18 +27,25 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
     assert {"g1", "expert-cs", "expert-bio", "g2-sl", "g2-ki", "g2-aki", "g2-aki-ki"} <= names
     assert {"g3-from-g2-ki", "g3-from-g2-sl", "g3-from-g1"} <= names
     edges = {(e.parent, e.child, e.kind) for e in reg.edges()}
-    assert ("g1", "g2-ki", "ki") in edges  # the router's plan chose G1 for literature
+    # The router's plan, measured: G1 teaches a literature shard only where it beats the
+    # student and the shard's unigram model (8 quick steps rarely do: then self-learning).
+    (plan,) = [p for p in reg.plans() if p.student == "g2-init"]
+    for shard in plan.spec["shards"]:
+        chosen = [c for c in shard["scores"] if c["model"] == shard["teacher"]]
+        assert all(c["eligible"] and c["ppl_source"] == "measured" for c in chosen)
+        assert ("g1", "g2-ki", "ki") in edges or shard["teacher"] is None
     assert ("g2-ki", "g3-from-g2-ki", "ki") in edges
     assert ("g1", "g2-aki", "grow") in edges and ("g1", "g2-aki-ki", "ki") in edges
-    assert reg.generation("g3-from-g2-ki") == 3
+    assert reg.generation("g3-from-g2-ki") == reg.generation("g2-ki") + 1  # 3 when G1 taught
     adapted = {e.child: e for e in reg.edges() if e.parent == "g2-ki" and e.kind == "adapt"}
     assert {"g2-adapt-sl", "g2-adapt-ki", "g2-adapt-ki-replay", "g2-adapt-ki-replay-selfki"} <= set(
         adapted
     )
     teachers = {e.parent for e in reg.edges("g2-adapt-ki") if e.kind == "ki"}
-    # The router chose among the first generation; an expert that is not yet better than the
-    # student on its shards is not eligible (quick runs train the experts only a few steps).
-    assert teachers and teachers <= {"g1", "expert-cs", "expert-bio"}
+    # The router chooses among the first generation; an expert that is not yet better than the
+    # student and the unigram model on its shards is not eligible (quick runs train the
+    # experts only a few steps, so often nobody is).
+    assert teachers <= {"g1", "expert-cs", "expert-bio"}
     assert {e.domain for e in reg.evaluations(model="g2-adapt-ki")} >= {"cs", "bio", "literature"}
     assert reg.latest_proximity("overlap") is not None
 
@@ -53,7 +60,7 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
     assert grown[0].data.metrics["grown_loss"] > 0
     ki_run = next(r for r in trained if r.data.tags["lineage.model"] == "g2-adapt-ki")
     assert any(k.startswith("forgetting/") for k in ki_run.data.metrics)
-    assert any(k.startswith("alpha/") for k in ki_run.data.metrics)
+    assert any(k.startswith("alpha/") for k in ki_run.data.metrics) == bool(teachers)
 
     for png in (
         "proximity.png",
