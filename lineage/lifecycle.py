@@ -225,14 +225,18 @@ class GrowthReport:
                 "grown_ppl": self.grown_eval.ppl,
                 "n_tokens": self.grown_eval.n_tokens,
             }
-        return {
-            "source": self.source,
-            "grown": self.grown,
-            "method": self.record.method,
-            "seed": self.record.seed,
-            "source_shape": self.record.source_shape,
-            "target_shape": self.record.target_shape,
-        } | scores | {"warnings": self.warnings}
+        return (
+            {
+                "source": self.source,
+                "grown": self.grown,
+                "method": self.record.method,
+                "seed": self.record.seed,
+                "source_shape": self.record.source_shape,
+                "target_shape": self.record.target_shape,
+            }
+            | scores
+            | {"warnings": self.warnings}
+        )
 
 
 def growth_edge_params(record: GrowthRecord) -> dict[str, Any]:
