@@ -15,6 +15,7 @@ from transformers import (
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    LlamaForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
@@ -462,35 +463,51 @@ def test_truncate_depth_runs_the_bottom_layers_with_the_shared_head(name: str) -
         pass
 
 
-# ---- a real checkpoint, only if one is already on disk ------------------------------------
+# ---- a real checkpoint on disk -------------------------------------------------------------
 
 
-def _local_checkpoint() -> Path | None:
-    """The smallest supported model in the local Hugging Face cache (never downloads)."""
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    found = []
-    for config in Path(HF_HUB_CACHE).glob("models--*/snapshots/*/config.json"):
-        spec = json.loads(config.read_text())
-        weights = list(config.parent.glob("*.safetensors"))
-        if spec.get("model_type") in ("bert", "roberta", "gpt2", "llama") and weights:
-            found.append((sum(w.stat().st_size for w in weights), config.parent))
-    return min(found)[1] if found else None
+def _saved_llama_checkpoint(out: Path) -> Path:
+    """A SmolLM2-style Llama checkpoint written to disk as Hugging Face saves real ones
+    (safetensors, tied embeddings, RMSNorm, SwiGLU, RoPE, GQA with groups of 3), briefly
+    trained so its weights are not at init; nothing is downloaded."""
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):  # learn a repeating pattern: weights move away from init
+        ids = torch.arange(32).repeat(4, 1) % 17 + torch.randint(5, (4, 1), generator=g)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(str(out))
+    return out
 
 
 @pytest.mark.slow
-def test_fpi_on_a_real_local_checkpoint() -> None:
-    path = _local_checkpoint()
-    if path is None:
-        pytest.skip("no BERT/RoBERTa/GPT-2/Llama checkpoint in the local Hugging Face cache")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+def test_fpi_on_a_saved_checkpoint(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    auto = (
-        AutoModelForMaskedLM if config.model_type in ("bert", "roberta") else AutoModelForCausalLM
-    )
-    source = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    path = _saved_llama_checkpoint(tmp_path / "smol-like")
+    assert list(path.glob("*.safetensors"))
+    source = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=torch.float32
+    ).eval()
+    assert source.config.tie_word_embeddings and source.config.num_key_value_heads == 2
     shape = shape_of(source.config)
     grown, _ = grow_model(source, layers=shape.layers, hidden=2 * shape.hidden)
+    assert grown.config.num_key_value_heads == 4  # group size 3 kept
     ids = torch.randint(shape.vocab, (2, 16), generator=torch.Generator().manual_seed(0))
     assert (logits_of(grown, ids) - logits_of(source, ids)).abs().max() < 1e-3
