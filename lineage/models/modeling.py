@@ -85,11 +85,6 @@ def _family_config(
         raise LineageError("max_positions must be >= 2")
     if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
         raise LineageError("grouped-query attention (kv_heads) is only supported for llama")
-    if objective_of_family(family) == "mlm" and tokenizer.mask_token_id is None:
-        raise LineageError(
-            f"{family} is a masked LM and needs a mask token, which this tokenizer has not; "
-            "use a causal family (gpt2, llama) with it"
-        )
     ids: dict[str, Any] = {
         "attn_implementation": "sdpa",
         "vocab_size": len(tokenizer),
@@ -159,6 +154,11 @@ def create_model(
     """
     objective = objective_of_family(family)
     tokenizer = load_tokenizer(Path(tokenizer_dir))
+    if objective == "mlm" and tokenizer.mask_token_id is None:
+        raise LineageError(
+            f"{family} is a masked LM and needs a mask token, which this tokenizer has not; "
+            "use a causal family (gpt2, llama) with it"
+        )
     config = build_config(
         family, shape, tokenizer, max_positions, dropout=dropout, init_range=init_range
     )
