@@ -1,10 +1,10 @@
-"""The lineage graph in memory: shortest distances, longest chains, cycles named (pure)."""
+"""The lineage graph in memory: shortest distances, generations, cycles named (pure)."""
 
 import random
 
 import pytest
 
-from lineage.registry.ancestry import CycleError, LineageGraph
+from lineage.registry.ancestry import CycleError, LineageGraph, generations
 
 # 0 -> 1 -> 2 -> 3 and a shortcut 0 -> 3; 4 stands alone. Ids differ from node positions.
 MODELS = [(10 * i + 7, f"m{i}") for i in range(5)]
@@ -86,3 +86,49 @@ def test_distances_match_a_plain_breadth_first_search(seed: int) -> None:
         assert got == sorted(((f"m{k:03d}", d) for k, d in want.items()), key=lambda r: r[::-1])
         up = bfs_reference([(c, p) for p, c in edges], start)
         assert dict(g.related(start, "ancestors")) == {f"m{k:03d}": d for k, d in up.items()}
+
+
+def test_adaptation_keeps_the_generation_and_inheritance_moves_it_on() -> None:
+    """The demo's family: G2 by KI from G1, adapted to new domains with the routed experts as
+    teachers, a G3 taught by G2, a G2 grown from G1 then trained with KI from G1."""
+    edges = [
+        ("g1", "g2-ki", "ki"),
+        ("g2-ki", "g2-adapt-sl", "adapt"),
+        ("g2-ki", "g2-adapt-ki", "adapt"),
+        ("expert-cs", "g2-adapt-ki", "ki"),  # a G1 teacher does not pull a G2 back
+        ("g2-ki", "g3", "ki"),
+        ("g3", "g3-lora", "adapter"),
+        ("g1", "g2-aki", "grow"),
+        ("g2-aki", "g2-aki-ki", "adapt"),
+        ("g1", "g2-aki-ki", "ki"),
+        ("g2-sl", "g3-from-g2-sl", "ki"),  # trained from a random init: nothing inherited
+        ("g3", "g3-twice", "adapt"),  # two edges between one pair: the new generation wins
+        ("g3", "g3-twice", "ki"),
+    ]
+    assert generations(edges) == {
+        "g1": 1,
+        "g2-ki": 2,
+        "g2-adapt-sl": 2,
+        "g2-adapt-ki": 2,
+        "expert-cs": 1,
+        "g3": 3,
+        "g3-lora": 3,
+        "g3-twice": 4,
+        "g2-aki": 2,
+        "g2-aki-ki": 2,
+        "g2-sl": 1,
+        "g3-from-g2-sl": 2,
+    }
+    # the registry's graph says the same (kinds as load_graph reads them: 1 = new generation)
+    names = sorted({n for p, c, _ in edges for n in (p, c)})
+    ids = {n: 10 * i + 3 for i, n in enumerate(names)}
+    rows = [(ids[p], ids[c], int(k in ("ki", "grow"))) for p, c, k in reversed(edges)]
+    g = LineageGraph.build(1, [(i, n) for n, i in ids.items()], rows)
+    assert {n: g.generation(g.index[n]) for n in names} == generations(edges)
+
+
+def test_cycles_and_unknown_kinds_are_refused() -> None:
+    with pytest.raises(CycleError, match="cycle: a -> b -> a"):
+        generations([("a", "b", "ki"), ("b", "a", "adapt")])
+    with pytest.raises(ValueError, match="kind"):
+        generations([("a", "b", "merge")])

@@ -18,7 +18,7 @@ state.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +36,10 @@ from lineage.registry.db import RegistryStateRow
 from lineage.registry.entities import Related
 
 Direction = Literal["ancestors", "descendants"]
+
+# How an edge moves its child's generation (``LineageGraph.generations``).
+NEW_GENERATION = ("ki", "grow")  # the child learned from, or grew out of, the parent
+SAME_GENERATION = ("adapt", "adapter")  # the parent itself, trained on more or given an adapter
 
 
 class CycleError(ConflictError):
@@ -55,7 +59,8 @@ def cycle_message(names: Sequence[str]) -> str:
 class LineageGraph:
     """Every model (node ``i``: ``ids[i]``, ``names[i]``) and edge, as sparse adjacency.
 
-    Row ``i`` of ``parents`` holds the parents of node ``i``; of ``children``, its children.
+    Row ``i`` of ``parents`` holds the parents of node ``i``; of ``children``, its children;
+    an entry is 2 where some edge between the two makes a new generation (ki, grow), else 1.
     """
 
     version: int
@@ -67,23 +72,32 @@ class LineageGraph:
 
     @classmethod
     def build(
-        cls, version: int, models: Sequence[tuple[int, str]], edges: Sequence[tuple[int, int]]
+        cls, version: int, models: Sequence[tuple[int, str]], edges: Sequence[Sequence[int]]
     ) -> LineageGraph:
-        """From (id, name) of every model and (parent id, child id) of every edge; an edge
-        whose end is not a model (possible only past the foreign keys) is left out."""
+        """From (id, name) of every model and (parent id, child id[, new generation]) of every
+        edge, the last 1 for a ki or grow edge and 0 for adapt or adapter (1 when left out); an
+        edge whose end is not a model (possible only past the foreign keys) is left out."""
         ids = np.fromiter((m[0] for m in models), dtype=np.int64, count=len(models))
         names = [m[1] for m in models]
         order = np.argsort(ids)
         ids, names = ids[order], [names[i] for i in order.tolist()]
+        width = len(edges[0]) if len(edges) else 2
         flat = chain.from_iterable(edges)  # rows are sequences: no per-row NumPy conversion
-        pairs = np.fromiter(flat, dtype=np.int64, count=2 * len(edges)).reshape(-1, 2)
+        rows = np.fromiter(flat, dtype=np.int64, count=width * len(edges)).reshape(-1, width)
+        pairs = rows[:, :2]
         pos = np.searchsorted(ids, pairs).clip(max=max(len(ids) - 1, 0))
         known = (ids[pos] == pairs).all(axis=1) if len(ids) else np.zeros(len(pairs), bool)
         parent, child = pos[known, 0], pos[known, 1]
+        step = rows[known, 2] if width == 3 else np.ones(len(parent), dtype=np.int64)
         n = len(ids)
-        ones = np.ones(len(parent))  # float64: what SciPy's graph routines take, so no copy
-        children = csr_matrix((ones, (parent, child)), shape=(n, n))
-        parents = csr_matrix((ones, (child, parent)), shape=(n, n))
+        # One entry per (parent, child), the largest step of its edges: 1 + step, float64
+        # (what SciPy's graph routines take, so no copy; never 0, which SciPy could drop).
+        order = np.lexsort((-step, parent * n + child))
+        keys = (parent * n + child)[order]
+        first = order[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else order
+        parent, child, weight = parent[first], child[first], step[first] + 1.0
+        children = csr_matrix((weight, (parent, child)), shape=(n, n))
+        parents = csr_matrix((weight, (child, parent)), shape=(n, n))
         return cls(version, ids, names, parents, children, {nm: i for i, nm in enumerate(names)})
 
     @cached_property
@@ -113,16 +127,29 @@ class LineageGraph:
 
     @cached_property
     def generations(self) -> np.ndarray:
-        """1 + the longest parent chain of every node (Kahn's topological pass over the graph);
-        0 for a node on a cycle or below one."""
-        indptr, targets = self.children.indptr.tolist(), self.children.indices.tolist()
+        """Every node's generation (Kahn's topological pass over the graph); 0 for a node on a
+        cycle or below one.
+
+        A model that inherited from no model is generation 1 (trained from scratch or
+        registered from elsewhere). Knowledge inheritance and growth make a new generation: a
+        ``ki`` or ``grow`` edge puts its child at least one generation after its parent (a
+        student after its teachers, a grown model after its source). Adaptation does not: an
+        ``adapt`` or ``adapter`` edge keeps its child in its parent's generation (the same
+        model, trained on new domains or given a LoRA adapter). A model's generation is the
+        highest that its incoming edges ask for, so a model taught by a G1 and adapted from a
+        G2 is a G2, and one taught by a G2 is a G3.
+        """
+        children = self.children
+        indptr, targets = children.indptr.tolist(), children.indices.tolist()
+        steps = (children.data - 1).astype(np.int64).tolist()  # 1: new generation, 0: same
         waiting = np.diff(self.parents.indptr).tolist()  # parents not yet done, per node
         gen = [1] * len(self.names)
         ready = [i for i, w in enumerate(waiting) if w == 0]
         while ready:
             node = ready.pop()
-            below = gen[node] + 1
-            for child in targets[indptr[node] : indptr[node + 1]]:
+            here = gen[node]
+            for k in range(indptr[node], indptr[node + 1]):
+                child, below = targets[k], here + steps[k]
                 if gen[child] < below:
                     gen[child] = below
                 waiting[child] -= 1
@@ -133,7 +160,7 @@ class LineageGraph:
         return out
 
     def generation(self, node: int) -> int:
-        """1 for a model with no parents, else 1 + the longest chain of ancestors."""
+        """The generation of ``node`` (``generations``); a cycle above it is named."""
         gens = self.generations
         if gens[node] == 0:  # every unfinished node has an unfinished parent: walk them
             raise CycleError(cycle_message(self._walk_back(node, lambda p: bool(gens[p] == 0))))
@@ -162,6 +189,18 @@ class LineageGraph:
             members = set(np.flatnonzero(labels == group).tolist())
             found.append(self._walk_back(min(members), members.__contains__))
         return found
+
+
+def generations(edges: Iterable[tuple[str, str, str]]) -> dict[str, int]:
+    """The generation of every model named in ``edges`` ((parent, child, kind) by name; see
+    ``LineageGraph.generations``): for a family drawn apart from the registry."""
+    triples = list(edges)
+    if unknown := {k for _, _, k in triples} - {*NEW_GENERATION, *SAME_GENERATION}:
+        raise ValueError(f"unknown edge kind(s) {sorted(unknown)}")
+    ids = {name: i for i, name in enumerate(sorted({n for p, c, _ in triples for n in (p, c)}))}
+    rows = [(ids[p], ids[c], int(k not in SAME_GENERATION)) for p, c, k in triples]
+    graph = LineageGraph.build(0, [(i, name) for name, i in ids.items()], rows)
+    return {name: graph.generation(graph.index[name]) for name in ids}
 
 
 def _bfs_depths(adjacency: csr_matrix, start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +256,10 @@ def load_graph(s: Session) -> LineageGraph:
     try:
         cursor.execute("SELECT id, name FROM models")
         models = cursor.fetchall()
-        cursor.execute("SELECT parent_id, child_id FROM edges")
+        cursor.execute(
+            "SELECT parent_id, child_id, CASE WHEN kind IN "
+            f"({', '.join(repr(k) for k in SAME_GENERATION)}) THEN 0 ELSE 1 END FROM edges"
+        )
         edges = cursor.fetchall()
     finally:
         cursor.close()

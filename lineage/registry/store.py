@@ -38,6 +38,7 @@ from lineage.registry.db import (
     utcnow,
 )
 from lineage.registry.locations import Locations
+from lineage.registry.modelcard import check_hub_id
 from lineage.registry.modelinfo import ModelInfo
 from lineage.registry.records import RecordsMixin
 from lineage.registry.rows import (
@@ -134,7 +135,12 @@ class Registry(RecordsMixin):
         *,
         domains: Sequence[str] = (),
         description: str = "",
+        hub_id: str | None = None,
     ) -> E.Model:
+        """Register a model; ``hub_id`` is its Hugging Face Hub id ("org/name") when it is
+        published there (model cards then name it as a base model)."""
+        if hub_id is not None:
+            check_hub_id(hub_id)
         with self._write() as s:
             if s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
                 raise ConflictError(f"a model named {name!r} is already registered")
@@ -152,6 +158,7 @@ class Registry(RecordsMixin):
                 tokenizer_fingerprint=info.tokenizer_fingerprint,
                 domains=list(domains),
                 description=description,
+                hub_id=hub_id,
             )
             s.add(row)
             s.flush()
@@ -171,7 +178,9 @@ class Registry(RecordsMixin):
             return s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None
 
     def update_model(self, name: str, **fields: Any) -> E.Model:
-        allowed = {"path", "domains", "description"}
+        allowed = {"path", "domains", "description", "hub_id"}
+        if fields.get("hub_id") is not None:
+            check_hub_id(fields["hub_id"])
         if unknown := set(fields) - allowed:
             raise LineageError(f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}")
         if "path" in fields:
@@ -290,8 +299,9 @@ class Registry(RecordsMixin):
         return graph.related(node, direction)
 
     def generation(self, name: str) -> int:
-        """1 for a model with no parents, else 1 + the longest chain of ancestors (a one-line
-        ``CycleError`` naming the cycle if one is among its ancestors)."""
+        """``name``'s generation (``LineageGraph.generations``): 1 without parents; a ki or grow
+        parent puts it one generation later, an adapt or adapter parent in the same one (a
+        one-line ``CycleError`` naming the cycle if one is among its ancestors)."""
         graph, node = self._graph_node(name)
         return graph.generation(node)
 
