@@ -15,7 +15,7 @@ COMPILE := $(UV) pip compile pyproject.toml --extra dev -c constraints.txt $(UV_
 # e.g. make demo DEMO_FLAGS=--quick, or DEMO_FLAGS=/path/to/new/folder
 DEMO_FLAGS ?=
 
-.PHONY: install test-deps lock test test-fast lint format typecheck demo clean
+.PHONY: install test-deps system-deps lock test test-fast lint format typecheck demo clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ test-deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	else \
 		echo "PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2; exit 1; \
+	fi
+
+# Debian/Ubuntu programs lineage calls: Graphviz's dot draws the lineage picture, headless
+# Chromium takes the MLflow UI screenshots (scripts/ui_screenshots.py and its test). Installs
+# only what is missing (root, or sudo).
+SYSTEM_PACKAGES := graphviz:dot chromium:chromium
+system-deps:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do command -v $${p#*:} >/dev/null || echo $${p%%:*}; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) \
+			apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 # Newest releases within pyproject.toml's ranges (torch stays pinned by constraints.txt),

@@ -35,6 +35,7 @@ from lineage.lifecycle import (
     train_workspace_tokenizer,
 )
 from lineage.models.shapes import ModelShape
+from lineage.registry.graph import to_dot
 from lineage.report import plots
 from lineage.report.compare import curve, saving, steps_to_reach
 from lineage.report.forgetting import forgetting_report
@@ -380,18 +381,26 @@ def step_summary(st: DemoState) -> None:
     )
     histories = {n: o.result.history for n, o in st.outcomes.items()}
     write_curves(histories, st.ws.plots_dir)
-    reg = st.ws.registry
-    edges = [(e.parent, e.child, e.kind) for e in reg.edges()]
-    models = sorted({n for e in edges for n in e[:2]})  # random inits stand alone: left out
-    plots.lineage_graph(
-        models, edges, {m: reg.generation(m) for m in models}, st.ws.plots_dir / "lineage.png"
-    )
+    _lineage_picture(st)
     st.summary["timings_s"] = {k: round(v, 1) for k, v in st.timings.items()}
     (st.ws.root / "demo-summary.json").write_text(json.dumps(st.summary, indent=2, default=str))
     st.console.print(f"plots in {st.ws.plots_dir}; summary in {st.ws.root / 'demo-summary.json'}")
     st.console.print(
         f"compare the runs: [bold]lineage -w {st.ws.root} ui[/] then open http://127.0.0.1:5000"
     )
+
+
+def _lineage_picture(st: DemoState) -> None:
+    """plots/lineage.png and .svg: the family laid out by Graphviz (random inits, which stand
+    alone, are left out)."""
+    reg = st.ws.registry
+    edges = reg.edges()
+    named = {n for e in edges for n in (e.parent, e.child)}
+    dot = to_dot([m for m in reg.models() if m.name in named], edges)
+    try:
+        plots.lineage_picture(dot, st.ws.plots_dir / "lineage.png")
+    except LineageError as exc:  # no Graphviz here: the rest of the demo stands
+        st.console.print(f"  lineage picture skipped: {exc}")
 
 
 STEPS: list[tuple[str, Callable[[DemoState], None]]] = [

@@ -2,7 +2,6 @@ from datetime import UTC, datetime
 
 from lineage.registry.entities import Edge, Model
 from lineage.registry.graph import render, to_text
-from lineage.registry.modelcard import render_card
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -29,7 +28,8 @@ def test_formats_escape_names_and_mark_kinds() -> None:
     models = [model("a-b.c"), model("d")]
     edges = [edge("a-b.c", "d", "grow")]
     assert "n0 -->|grow| n1" in render(models, edges, "mermaid")
-    assert 'n0["a-b.c<br/>roberta 2x64"]' in render(models, edges, "mermaid")
+    assert 'n0["a-b.c<br/>G1 · roberta 2x64"]' in render(models, edges, "mermaid")
+    assert 'n1["d<br/>G2 · roberta 2x64"]' in render(models, edges, "mermaid")
     assert "n0 -> n1" in render(models, edges, "dot") and "style=bold" in render(
         models, edges, "dot"
     )
@@ -41,14 +41,14 @@ def test_names_that_differ_only_in_punctuation_stay_apart() -> None:
     edges = [edge("g1-init", "g2", "grow"), edge("g1_init", "g2", "ki")]
     mermaid = render(models, edges, "mermaid").splitlines()
     assert mermaid[1:4] == [
-        '  n0["g1-init<br/>roberta 2x64"]',
-        '  n1["g1_init<br/>roberta 2x64"]',
-        '  n2["g2<br/>roberta 2x64"]',
+        '  n0["g1-init<br/>G1 · roberta 2x64"]',
+        '  n1["g1_init<br/>G1 · roberta 2x64"]',
+        '  n2["g2<br/>G2 · roberta 2x64"]',
     ]
     assert mermaid[4:] == ["  n0 -->|grow| n2", "  n1 -.->|ki| n2"]
     dot = render(models, edges, "dot")
-    assert '  n0 [label="g1-init\\nroberta 2x64"];' in dot
-    assert '  n1 [label="g1_init\\nroberta 2x64"];' in dot
+    assert '  n0 [label="g1-init\\nG1 · roberta 2x64", fillcolor="#ffffff"];' in dot
+    assert '  n1 [label="g1_init\\nG1 · roberta 2x64", fillcolor="#ffffff"];' in dot
     assert "  n0 -> n2" in dot and "  n1 -> n2" in dot
 
 
@@ -56,10 +56,10 @@ def test_quotes_and_backslashes_are_escaped() -> None:
     name = 'say "hi" \\ <b>#1</b> & co'
     models, edges = [model(name), model("d")], [edge(name, "d", "adapt")]
     dot = render(models, edges, "dot")
-    assert '  n0 [label="say \\"hi\\" \\\\ <b>#1</b> & co\\nroberta 2x64"];' in dot
+    assert '  n0 [label="say \\"hi\\" \\\\ <b>#1</b> & co\\nG1 · roberta 2x64", ' in dot
     mermaid = render(models, edges, "mermaid")
     assert (
-        '  n0["say #quot;hi#quot; \\ #lt;b#gt;#35;1#lt;/b#gt; #amp; co<br/>roberta 2x64"]'
+        '  n0["say #quot;hi#quot; \\ #lt;b#gt;#35;1#lt;/b#gt; #amp; co<br/>G1 · roberta 2x64"]'
         in mermaid
     )
     assert "n0 -->|adapt| n1" in mermaid
@@ -67,15 +67,4 @@ def test_quotes_and_backslashes_are_escaped() -> None:
 
 def test_edges_to_models_not_listed_still_get_their_own_node() -> None:
     dot = render([model("a")], [edge("a", "outside", "adapt")], "dot")
-    assert '  n1 [label="outside"];' in dot and "  n0 -> n1" in dot
-
-
-def test_card_maps_kinds_onto_hub_relations() -> None:
-    card = render_card(
-        model("child"), [edge("base", "child", "adapter"), edge("t", "child", "ki")], 2
-    )
-    assert "base_model:\n- base\nbase_model_relation: adapter" in card
-    assert "lineage_teachers:\n- t" in card and "Generation 2" in card
-    finetune = render_card(model("c"), [edge("p", "c", "adapt")], 2)
-    assert "base_model_relation: finetune" in finetune
-    assert "base_model" not in render_card(model("s"), [], 1)
+    assert '  n1 [label="outside\\nG1", fillcolor="#ffffff"];' in dot and "  n0 -> n1" in dot

@@ -10,14 +10,15 @@ import typer
 
 from lineage.cli import cache, db, domain, edge, model, plan, report, route, tokenizer
 from lineage.cli.adapt import adapt_command
+from lineage.cli.common import JsonOption, console, err_console, workspace
 from lineage.cli.common import app as make_app
-from lineage.cli.common import console, err_console, workspace
 from lineage.cli.demo import demo
 from lineage.cli.doctor import doctor
 from lineage.cli.grow import grow
 from lineage.cli.train import train
 from lineage.cli.ui import ui
-from lineage.registry.graph import FORMATS, render
+from lineage.files import atomic_write_text
+from lineage.registry.graph import FORMATS, PICTURE_FORMATS, render
 from lineage.workspace import ENV_VAR, Workspace
 
 app = make_app("Continual domain adaptation and model lineage: Knowledge Inheritance and growth.")
@@ -76,18 +77,46 @@ def init(
     ws.close()
 
 
+# What an --output file's suffix asks for when --format is not given.
+SUFFIX_FORMATS = {
+    ".dot": "dot",
+    ".gv": "dot",
+    ".mmd": "mermaid",
+    ".json": "json",
+    ".txt": "text",
+    ".png": "png",
+    ".svg": "svg",
+}
+
+
 @app.command()
 def graph(
     ctx: typer.Context,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help=f"One of {', '.join(FORMATS)}.")
-    ] = "text",
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help=f"One of {', '.join((*FORMATS, *PICTURE_FORMATS))} (png and svg need "
+            "--output); default: from --output's suffix, else text.",
+        ),
+    ] = None,
     model_name: Annotated[
         str | None, typer.Option("--model", help="Only this model, its ancestors and descendants.")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Show the model family: text tree, Graphviz DOT, Mermaid or JSON."""
+    """Show the model family (each model with its generation): text tree, Graphviz DOT,
+    Mermaid or JSON; or draw it laid out by Graphviz (png, svg)."""
+    if fmt is None:
+        fmt = "json" if as_json else SUFFIX_FORMATS.get(output.suffix if output else "", "text")
+    elif as_json and fmt != "json":
+        raise typer.BadParameter(f"--json prints JSON: drop it or --format {fmt}")
+    if fmt not in (*FORMATS, *PICTURE_FORMATS):
+        raise typer.BadParameter(
+            f"unknown format {fmt!r}; formats: {', '.join((*FORMATS, *PICTURE_FORMATS))}"
+        )
     reg = workspace(ctx).registry
     models, edges = reg.models(), reg.edges()
     if model_name is not None:
@@ -96,8 +125,14 @@ def graph(
         }
         models = [m for m in models if m.name in keep]
         edges = [e for e in edges if e.parent in keep and e.child in keep]
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if fmt in PICTURE_FORMATS:
+        if output is None:
+            raise typer.BadParameter(f"--format {fmt} draws a picture: give --output FILE")
+        from lineage.report.plots import lineage_picture
+
+        (path,) = lineage_picture(render(models, edges, "dot"), output, formats=(fmt,))
+        console.print(f"Wrote {path}")
+        return
     text = render(models, edges, fmt)
     for loop in reg.graph().cycles():  # drawn, but the registry should not hold one
         err_console.print(
@@ -108,7 +143,7 @@ def graph(
     if output is None:
         typer.echo(text)
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(output, text + "\n")
         console.print(f"Wrote {output}")
 
 

@@ -193,14 +193,15 @@ class LineageGraph:
 
 def generations(edges: Iterable[tuple[str, str, str]]) -> dict[str, int]:
     """The generation of every model named in ``edges`` ((parent, child, kind) by name; see
-    ``LineageGraph.generations``): for a family drawn apart from the registry."""
+    ``LineageGraph.generations``; 0 on or below a cycle): for a family drawn apart from the
+    registry."""
     triples = list(edges)
     if unknown := {k for _, _, k in triples} - {*NEW_GENERATION, *SAME_GENERATION}:
         raise ValueError(f"unknown edge kind(s) {sorted(unknown)}")
     ids = {name: i for i, name in enumerate(sorted({n for p, c, _ in triples for n in (p, c)}))}
     rows = [(ids[p], ids[c], int(k not in SAME_GENERATION)) for p, c, k in triples]
     graph = LineageGraph.build(0, [(i, name) for name, i in ids.items()], rows)
-    return {name: graph.generation(graph.index[name]) for name in ids}
+    return dict(zip(graph.names, graph.generations.tolist(), strict=True))
 
 
 def _bfs_depths(adjacency: csr_matrix, start: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lineage.registry.graph import PICTURE_FORMATS
+
 
 def heatmap(
     matrix: np.ndarray | Sequence[Sequence[float]],
@@ -98,60 +100,28 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-EDGE_COLORS = {"ki": "tab:blue", "grow": "tab:green", "adapt": "tab:gray", "adapter": "tab:purple"}
+def lineage_picture(dot: str, path: Path, formats: Sequence[str] = PICTURE_FORMATS) -> list[Path]:
+    """Draw the family's DOT text (``lineage.registry.graph.to_dot``) with Graphviz's layered
+    layout (the ``dot`` engine: ranks follow the edges, crossings are minimised) to ``path``
+    with each format's suffix (PNG and SVG by default); returns the files written."""
+    import graphviz
 
+    from lineage.errors import LineageError
+    from lineage.files import atomic_write_bytes
 
-def lineage_graph(
-    nodes: Sequence[str],
-    edges: Sequence[tuple[str, str, str]],
-    generation: Mapping[str, int],
-    path: Path,
-    *,
-    title: str = "model lineage",
-) -> Path:
-    """Models in columns by generation, edges coloured by kind (ki, grow, adapt, adapter)."""
-    columns: dict[int, list[str]] = {}
-    for name in nodes:
-        columns.setdefault(generation[name], []).append(name)
-    pos = {}
-    for g, names in columns.items():
-        for i, name in enumerate(sorted(names)):
-            pos[name] = (g, -i + (len(names) - 1) / 2)
-    height = max((len(v) for v in columns.values()), default=1)
-    fig, ax = plt.subplots(figsize=(3.2 * max(columns, default=1) + 1, 0.9 * height + 1.5))
-    for parent, child, kind in edges:
-        (x0, y0), (x1, y1) = pos[parent], pos[child]
-        ax.annotate(
-            "",
-            xy=(x1, y1),
-            xytext=(x0, y0),
-            arrowprops={
-                "arrowstyle": "-|>",
-                "color": EDGE_COLORS.get(kind, "black"),
-                "linestyle": "--" if kind == "ki" else "-",
-                "shrinkA": 28,
-                "shrinkB": 28,
-                "connectionstyle": "arc3,rad=0.08",
-            },
-        )
-    for name, (x, y) in pos.items():
-        ax.text(
-            x,
-            y,
-            name,
-            ha="center",
-            va="center",
-            fontsize=8,
-            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.4"},
-        )
-    for kind, color in EDGE_COLORS.items():
-        ax.plot([], [], color=color, linestyle="--" if kind == "ki" else "-", label=kind)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_xticks(sorted(columns), labels=[f"G{g}" for g in sorted(columns)])
-    ax.set_yticks([])
-    ax.set_xlim(min(columns, default=1) - 0.6, max(columns, default=1) + 0.6)
-    ax.set_ylim(-height / 2 - 0.5, height / 2 + 0.5)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(title)
-    return _save(fig, path)
+    written = []
+    for fmt in formats:
+        if fmt not in PICTURE_FORMATS:
+            raise LineageError(f"picture formats: {', '.join(PICTURE_FORMATS)}; got {fmt!r}")
+        try:
+            data = graphviz.Source(dot, engine="dot").pipe(format=fmt)
+        except graphviz.ExecutableNotFound as exc:
+            raise LineageError(
+                "drawing the lineage needs Graphviz's `dot` program: install it "
+                "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
+            ) from exc
+        target = path.with_suffix(f".{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+        written.append(target)
+    return written
