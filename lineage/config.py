@@ -91,6 +91,17 @@ class ProfilesConfig:
 
 
 @dataclass(frozen=True)
+class CardsConfig:
+    license: str = "other"  # the Hub licence id written on model cards, e.g. "apache-2.0"
+
+    def __post_init__(self) -> None:
+        if not self.license.strip() or self.license != self.license.strip().lower():
+            raise ValueError(
+                f"license must be a Hub licence id such as apache-2.0, got {self.license!r}"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -98,6 +109,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    cards: CardsConfig = field(default_factory=CardsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

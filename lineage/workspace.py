@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
 from lineage.errors import LineageError
 from lineage.registry.entities import Model
-from lineage.registry.modelcard import write_card
+from lineage.registry.modelcard import CardContext, write_card
 from lineage.registry.modelinfo import read_model_info
 from lineage.registry.store import Registry
 
@@ -181,22 +181,39 @@ class Workspace:
         name: str | None = None,
         domains: Sequence[str] = (),
         description: str = "",
+        hub_id: str | None = None,
     ) -> Model:
-        """Register a local Hugging Face model directory (config read, no weights loaded)."""
+        """Register a local Hugging Face model directory (config read, no weights loaded);
+        ``hub_id`` is its id on the Hugging Face Hub, when it comes from there."""
         model_dir = Path(path).expanduser().resolve()
         info = read_model_info(model_dir)
         for domain in domains:
             self.registry.domain(domain)  # unknown domains are refused before anything is written
         return self.registry.add_model(
-            name or model_dir.name, str(model_dir), info, domains=domains, description=description
+            name or model_dir.name,
+            str(model_dir),
+            info,
+            domains=domains,
+            description=description,
+            hub_id=hub_id,
         )
 
     def write_model_card(self, name: str) -> Path:
-        """(Re)write the model directory's README.md card with its lineage."""
+        """(Re)write the model directory's README.md card with its lineage: Hub ids of its
+        parents and domains where recorded, the licence of ``[cards]``."""
         reg = self.registry
         model = reg.model(name)
         parents = [e for e in reg.edges(name) if e.child == name]
-        return write_card(model, parents, reg.generation(name))
+        hub_ids = {e.parent: reg.model(e.parent).hub_id for e in parents}
+        cards = {d.name: d.card for d in reg.domains()}
+        datasets = [cards.get(d, {}).get("hub_id") for d in model.domains]
+        ctx = CardContext(
+            generation=reg.generation(name),
+            license=self.config.cards.license,
+            parent_hub_ids={k: v for k, v in hub_ids.items() if v},
+            datasets=[d for d in datasets if isinstance(d, str) and d],
+        )
+        return write_card(model, parents, ctx)
 
 
 class _Made:

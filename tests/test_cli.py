@@ -53,14 +53,21 @@ def test_tour(tmp_path: Path, make_model_dir: Callable[..., Path]) -> None:
     assert edges[0]["params"] == {"alpha_T": 0.5, "tau": 1}
     shown = json.loads(run("-w", ws, "model", "show", "g2", "--json"))
     assert shown["generation"] == 2 and shown["parents"][0]["parent"] == "g1"
-    assert "└─[ki]─ g2" in run("-w", ws, "graph")
+    assert "└─[ki]─ g2 G2" in run("-w", ws, "graph")
     dot = run("-w", ws, "graph", "--format", "dot")
-    assert '  n0 [label="g1\\n' in dot and '  n0 -> n1 [label="ki"' in dot
+    assert '  n0 [label="g1\\nG1 · ' in dot and '  n0 -> n1 [label="ki"' in dot
     assert "n0 -.->|ki| n1" in run("-w", ws, "graph", "-f", "mermaid")
     assert len(json.loads(run("-w", ws, "graph", "-f", "json"))["edges"]) == 1
+    data = json.loads(run("-w", ws, "graph", "--json"))
+    assert [(m["name"], m["generation"]) for m in data["models"]] == [("g1", 1), ("g2", 2)]
+    run("-w", ws, "graph", "--json", "-f", "dot", code=2)
+    svg = tmp_path / "family.svg"
+    run("-w", ws, "graph", "-o", str(svg))  # the format from the suffix: drawn by Graphviz
+    assert svg.read_text().lstrip().startswith("<?xml") and ">g2</text>" in svg.read_text()
+    run("-w", ws, "graph", "-f", "png", code=2)  # a picture needs --output
     run("-w", ws, "model", "card", "g2")
     card = (g2 / "README.md").read_text()
-    assert card.startswith("---\n") and "lineage_teachers:\n- g1" in card and "## Lineage" in card
+    assert card.startswith("---\n") and "teachers:\n  - g1" in card and "## Lineage" in card
     assert json.loads(run("-w", ws, "db", "current", "--json"))["current"] is not None
 
 

@@ -25,11 +25,15 @@ def register(
         list[str] | None, typer.Option("--domain", "-d", help="A domain it was trained on.")
     ] = None,
     description: Annotated[str, typer.Option(help="One line about the model.")] = "",
+    hub_id: Annotated[
+        str | None,
+        typer.Option(help="Its Hugging Face Hub id (org/name): cards of its children cite it."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register a local model directory (reads config.json, safetensors headers, tokenizer)."""
     model = workspace(ctx).register_model(
-        path, name=name, domains=domain or [], description=description
+        path, name=name, domains=domain or [], description=description, hub_id=hub_id
     )
     if as_json:
         emit_json(model.to_dict())

@@ -156,6 +156,7 @@ class ModelRow(Base):
     domains: Mapped[list[Any]] = mapped_column(default=list)  # names of domains trained on
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hub_id: Mapped[str | None] = mapped_column(String(200))  # e.g. "org/name" on the HF Hub
 
 
 class EdgeRow(Base):

@@ -71,6 +71,7 @@ class Model(_Record):
     domains: list[Any]
     description: str
     created_at: datetime
+    hub_id: str | None = None  # its Hugging Face Hub id, when it was published there
 
 
 @dataclass(frozen=True)

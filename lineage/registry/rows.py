@@ -88,6 +88,7 @@ def _model(r: ModelRow, loc: Locations) -> E.Model:
         list(r.domains),
         r.description,
         r.created_at,
+        r.hub_id,
     )
 
 
