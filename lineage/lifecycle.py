@@ -22,17 +22,23 @@ from lineage.corpora.blocks import domain_blocks, valid_blocks
 from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
     TokenizerInfo,
-    copy_tokenizer_files,
     describe_tokenizer,
     import_tokenizer,
     load_tokenizer,
+    save_tokenizer,
     train_tokenizer,
 )
 from lineage.errors import ConflictError, LineageError
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
 from lineage.inherit.teachers import ensure_cache
 from lineage.models.evaluation import EvalResult, evaluate
-from lineage.models.modeling import ModelShape, create_model, load_model, resolve_shape
+from lineage.models.modeling import (
+    ModelShape,
+    create_model,
+    load_model,
+    position_limit,
+    resolve_shape,
+)
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
 from lineage.registry.modelinfo import check_has_lm_head, read_model_info
@@ -365,7 +371,7 @@ def _grow(
         ]
     with atomic_dir(out) as tmp:
         grown.save_pretrained(str(tmp))  # safetensors
-        copy_tokenizer_files(Path(src.path), tmp)
+        save_tokenizer(load_tokenizer(Path(src.path)), tmp, position_limit(grown.config))
         (tmp / GROWTH_FILE).write_text(record.to_json(), encoding="utf-8")
     shape = f"{params['layers']} layers x {params['hidden']}"
     with reg.transaction():  # the model, its edge and its scores, or nothing

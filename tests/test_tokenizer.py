@@ -71,3 +71,37 @@ def test_refusals(tmp_path: Path, tok_dir: Path) -> None:
     with pytest.raises(LineageError, match=r"tokenizer\.json"):
         load_tokenizer(tmp_path)
     assert not (tmp_path / "t").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize(
+    ("family", "task", "positions"), [("gpt2", "text-generation", 24), ("roberta", "fill-mask", 20)]
+)
+def test_models_carry_their_positions_and_pipelines_take_long_inputs(
+    tok_dir: Path, tmp_path: Path, family: str, task: str, positions: int
+) -> None:
+    """A saved model's tokenizer says how long an input may be (not 1e30) and nothing about
+    this machine, so transformers' pipelines cut a prompt longer than the model's positions
+    instead of failing with 'index out of range'."""
+    from transformers import pipeline
+
+    from lineage.models.modeling import ModelShape, create_model, load_model, position_limit
+
+    out = tmp_path / family
+    create_model(family, ModelShape(2, 32, 2, 64), tok_dir, out, seed=0, max_positions=positions)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == positions
+    assert position_limit(load_model(out).config) == positions
+    assert not {"local_files_only", "is_local", "name_or_path"} & set(config)
+    assert str(tmp_path) not in (out / "tokenizer_config.json").read_text()
+    long_text = " ".join(WORDS * 8)  # far more tokens than the model has positions
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert len(tok(long_text)["input_ids"]) > 3 * positions
+    pipe = pipeline(task, model=str(out), device="cpu")
+    if task == "text-generation":
+        (result,) = pipe(
+            long_text, max_new_tokens=4, do_sample=False, handle_long_generation="hole"
+        )
+        assert isinstance(result["generated_text"], str)
+    else:
+        results = pipe(f"alpha <mask> {long_text}", tokenizer_kwargs={"truncation": True}, top_k=3)
+        assert len(results) == 3 and all(r["token_str"] is not None for r in results)

@@ -192,3 +192,23 @@ def copy_tokenizer_files(src: Path, dst: Path, *, extra: bool = False) -> None:
         file = Path(src) / name
         if file.is_file():
             (Path(dst) / name).write_bytes(file.read_bytes())
+
+
+# What transformers records about how a tokenizer was loaded on this machine (a local folder,
+# offline): saved into tokenizer_config.json it would follow the files to the Hub.
+MACHINE_LOCAL_KEYS = ("local_files_only", "is_local", "cache_dir", "name_or_path", "_name_or_path")
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path, max_length: int) -> None:
+    """Save ``tokenizer`` beside a model: ``model_max_length`` is the model's positions (so
+    ``truncation=True`` and pipelines cut inputs to what the model accepts) and
+    tokenizer_config.json keeps none of the machine-local keys of the load."""
+    if max_length < 1:
+        raise LineageError(f"model_max_length must be >= 1, got {max_length}")
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(str(out_dir))
+    config_file = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = {k: v for k, v in config.items() if k not in MACHINE_LOCAL_KEYS}
+    config["model_max_length"] = max_length
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")

@@ -25,7 +25,7 @@ from transformers import (
     RobertaConfig,
 )
 
-from lineage.corpora.tokenizer import load_tokenizer
+from lineage.corpora.tokenizer import load_tokenizer, save_tokenizer
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
 
@@ -128,6 +128,18 @@ def _family_config(
     )
 
 
+def position_limit(config: PretrainedConfig) -> int:
+    """The longest input the model accepts, in tokens (RoBERTa's first pad_token_id + 1 position
+    slots are not usable: it numbers positions after the padding index)."""
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+                value -= (config.pad_token_id or 0) + 1
+            return value
+    raise LineageError(f"{config.model_type}: no position limit in its config")
+
+
 def _auto_class(objective: str) -> Any:
     if objective == ENCODER:
         return AutoModel  # the backbone alone (no LM head): a growth source
@@ -168,7 +180,7 @@ def create_model(
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp, position_limit(config))
     return out_dir
 
 

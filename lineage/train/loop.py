@@ -24,13 +24,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lineage.corpora.batches import IGNORE_INDEX, Batch
-from lineage.corpora.tokenizer import TokenizerInfo
+from lineage.corpora.tokenizer import TokenizerInfo, save_tokenizer
 from lineage.errors import LineageError
 from lineage.growth.maps import family_of
 from lineage.growth.twostage import submodel_layers, trainable_layer_range, truncate_depth
 from lineage.inherit.losses import KILoss, ki_loss
 from lineage.models.evaluation import EvalResult, evaluate
-from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows
+from lineage.models.modeling import TargetLogits, check_vocab, embedding_rows, position_limit
 from lineage.train.checkpoints import (
     TrainingState,
     atomic_dir,
@@ -448,5 +448,5 @@ class Loop:
             with atomic_dir(Path(out_dir), overwrite=True) as tmp:
                 self.exported.save_pretrained(str(tmp))  # type: ignore[operator]
                 if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(str(tmp))
+                    save_tokenizer(self.tokenizer, tmp, position_limit(self.model.config))
         self.acc.wait_for_everyone()
