@@ -83,6 +83,50 @@ def test_ki_adaptation_routes_teachers_and_logs_forgetting(with_cs_expert: Works
 
 
 @pytest.mark.integration
+def test_forgetting_is_a_curve_and_runs_group_by_tags(with_cs_expert: Workspace) -> None:
+    """Every evaluation logs source PPL and forgetting at its step (0 at step 0), the last one
+    equal to the run's before/after measure; runs carry study, strategy and base-model tags,
+    no parent run; each run leaves evaluations.csv, curves.png and its plan; the experiment
+    opens in MLflow's model-training view."""
+    ws = with_cs_expert
+    config = dataclasses.replace(CONFIG, steps=6, eval_every=2)
+    (ki,) = adapt(ws, adapt_job(config=config), progress=False)
+    (sl,) = adapt(ws, adapt_job(config=config, strategy="sl", replay=0.5), progress=False)
+    client = MlflowClient(ws.tracking_uri)
+    for run in (ki, sl):
+        history = client.get_metric_history(run.outcome.run_id, "forgetting/literature")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 2, 4, 6]
+        first = min(history, key=lambda m: m.step)
+        assert first.value == 0.0
+        assert max(history, key=lambda m: m.step).value == pytest.approx(
+            run.metrics["forgetting/literature"], rel=1e-9
+        )
+        ppl = client.get_metric_history(run.outcome.run_id, "ppl/literature")
+        assert len(ppl) == 4
+        ratios = client.get_metric_history(run.outcome.run_id, "forgetting_ratio/literature")
+        assert len(ratios) == 4 and min(ratios, key=lambda m: m.step).value == 1.0
+    runs = {r.outcome.run_id: client.get_run(r.outcome.run_id) for r in (ki, sl)}
+    tags = [r.data.tags for r in runs.values()]
+    assert {t["lineage.study"] for t in tags} == {"adapt teacher-lit to cs"}
+    assert [t["lineage.strategy"] for t in tags] == ["ki", "sl+replay"]
+    assert {t["lineage.base_model"] for t in tags} == {"teacher-lit"}
+    assert all("mlflow.parentRunId" not in t for t in tags)
+    exp = client.get_experiment(runs[ki.outcome.run_id].info.experiment_id)
+    assert all(
+        "mlflow.parentRunId" not in r.data.tags for r in client.search_runs([exp.experiment_id])
+    )
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    files = {f.path for f in client.list_artifacts(ki.outcome.run_id)}
+    assert {"evaluations.csv", "curves.png", "plan.json"} <= files
+    local = Path(client.download_artifacts(ki.outcome.run_id, "evaluations.csv"))
+    table = local.read_text().splitlines()
+    assert table[0].startswith("step,") and "forgetting/literature" in table[0]
+    assert [row.split(",")[0] for row in table[1:]] == ["0", "2", "4", "6"]
+    plan = json.loads(Path(client.download_artifacts(ki.outcome.run_id, "plan.json")).read_text())
+    assert plan["student"] == "teacher-lit"
+
+
+@pytest.mark.integration
 def test_replay_with_self_ki_is_taught_by_the_base_on_its_sources(family_ws: Workspace) -> None:
     job = adapt_job(strategy="sl", replay=0.5, self_ki=True, self_ki_alpha=0.7, data_fraction=0.5)
     (run,) = adapt(family_ws, job, progress=False)

@@ -5,15 +5,15 @@ domains) or one LoRA adapter per domain; for KI the router picks a teacher per t
 (``lineage.inherit.plans.create_plan``) unless a stored plan is given. Against forgetting (App. A.5:
 "largely mitigated by reviewing"), a share R of the batches can replay the model's source
 domains, and with self-KI those replay batches are taught by the model's own pre-adaptation
-predictions, so source knowledge is inherited, not only re-learned. After each run the
-forgetting on every source domain (``lineage.continual.forgetting``) is logged on its MLflow run.
+predictions, so source knowledge is inherited, not only re-learned. Every evaluation of each run
+logs the forgetting on every source domain since step 0 on its MLflow run (curves against the
+step), and all runs of one request share a ``lineage.study`` tag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ class AdaptJob:
     top_k: int = 10  # teacher logits kept per target
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per block
     config: TrainConfig = field(default_factory=TrainConfig)
+    study: str | None = None  # MLflow tag lineage.study; default "adapt <model> to <domains>"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -154,6 +155,12 @@ def _plan_for(ws: Workspace, job: AdaptJob, base: Model, domains: tuple[str, ...
     return plan.name
 
 
+def study_name(job: AdaptJob, domains: tuple[str, ...]) -> str:
+    """The ``lineage.study`` of the request's runs: every adaptation of one model to the same
+    domains is one study (SL, KI, replay, LoRA side by side), unless ``job.study`` names it."""
+    return job.study or f"adapt {job.model} to {'+'.join(sorted(domains))}"
+
+
 def _train_job(job: AdaptJob, output: str, domains: tuple[str, ...], plan: str | None) -> TrainJob:
     # Evaluate at step 0 at least: those numbers are the "before" of forgetting.
     config = job.config
@@ -174,22 +181,8 @@ def _train_job(job: AdaptJob, output: str, domains: tuple[str, ...], plan: str |
         self_ki=job.self_ki,
         self_ki_alpha=job.self_ki_alpha,
         lora=job.lora,
+        study=study_name(job, job.domains or domains),
     )
-
-
-def _log_forgetting(
-    ws: Workspace, run_id: str | None, metrics: dict[str, float], step: int
-) -> None:
-    if run_id is None or not metrics:
-        return
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from lineage.train.tracking import metric_key
-
-    now = int(time.time() * 1000)
-    items = [Metric(metric_key(k), v, now, step) for k, v in metrics.items()]
-    MlflowClient(tracking_uri=ws.tracking_uri).log_batch(run_id, metrics=items)
 
 
 def adapt(ws: Workspace, job: AdaptJob, *, progress: bool = True) -> list[Adapted]:
@@ -217,7 +210,6 @@ def adapt(ws: Workspace, job: AdaptJob, *, progress: bool = True) -> list[Adapte
         after = {d: e.ppl for d, e in result.final_eval.items()}
         old = [d for d in sources if d not in domains]
         matrix = before_after_matrix(base.name, output, old, list(domains), before, after)
-        metrics = forgetting_metrics(matrix)
-        _log_forgetting(ws, outcome.run_id, metrics, result.step)
+        metrics = forgetting_metrics(matrix)  # the loop logged these at every evaluation
         out.append(Adapted(outcome, plan, domain_forgetting(matrix), metrics))
     return out

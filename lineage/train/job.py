@@ -38,6 +38,8 @@ class TrainJob:
     self_ki: bool = False  # replay batches are taught by the student's own (pre-run) predictions
     self_ki_alpha: float = 0.5  # constant inheritance rate of that self-KI term
     lora: LoraSpec | None = None  # train a LoRA adapter (saved under adapters/), not all weights
+    study: str | None = None  # groups runs that compare (MLflow tag lineage.study); default:
+    # "train <student> on <domains>"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

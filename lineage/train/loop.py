@@ -140,6 +140,24 @@ class Window:
         return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
 
 
+def forgetting_since(
+    start: dict[str, float], row: dict[str, float], sources: tuple[str, ...]
+) -> dict[str, float]:
+    """Forgetting on each source domain d between two evaluation rows: ``forgetting/<d>`` =
+    PPL now − PPL at ``start`` (> 0: forgotten), ``forgetting_ratio/<d>`` = their ratio, and
+    ``backward_transfer`` = −mean Δ (lineage.continual.forgetting's measures for one run)."""
+    out: dict[str, float] = {}
+    for d in sources:
+        before, now = start.get(f"ppl/{d}"), row.get(f"ppl/{d}")
+        if before is not None and now is not None and before > 0:
+            out[f"forgetting/{d}"] = now - before
+            out[f"forgetting_ratio/{d}"] = now / before
+    deltas = [v for k, v in out.items() if k.startswith("forgetting/")]
+    if deltas:
+        out["backward_transfer"] = -sum(deltas) / len(deltas)
+    return out
+
+
 class Loop:
     """The state of one ``train`` call; methods are the phases of a step."""
 
@@ -149,6 +167,7 @@ class Loop:
         self.sampler = sampler
         self.objective: str = kw["objective"]
         self.eval_sets: dict[str, np.ndarray] = dict(kw["eval_sets"])
+        self.sources: tuple[str, ...] = tuple(kw.get("sources") or ())  # forgetting measured on
         self.schedules: dict[str, RateSchedule] = dict(kw["schedules"] or {})
         self.auto_samples: dict[str, AutoSample] = dict(kw["auto_samples"] or {})
         self.tokenizer = kw["tokenizer"]
@@ -368,13 +387,17 @@ class Loop:
         )
 
     def evaluate_all(self) -> dict[str, EvalResult]:
-        """Every eval set (targets and sources: forgetting shows), then automatic schedules."""
+        """Every eval set (targets and sources), forgetting on the sources since step 0, then
+        automatic schedules; one history row, logged at this step."""
         start = time.perf_counter()
         results = {name: self._eval(self.model, blocks) for name, blocks in self.eval_sets.items()}
         row: dict[str, float] = {"step": float(self.step)}
         for name, res in results.items():
             row[f"ppl/{name}"] = res.ppl
             row[f"eval_loss/{name}"] = res.loss
+        first = self.history[0] if self.history and self.history[0]["step"] == 0 else None
+        if first is not None or self.step == 0:
+            row.update(forgetting_since(first or row, row, self.sources))
         for name, schedule in self.schedules.items():
             if hasattr(schedule, "observe"):
                 row.update(self.observe_auto(name, schedule))

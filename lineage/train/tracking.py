@@ -38,6 +38,10 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
     def log_dataset(
         self, name: str, digest: str, source: str, context: str = "training"
     ) -> None: ...
@@ -68,6 +72,33 @@ def metric_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", key)
 
 
+# The MLflow UI opens an experiment in its classic model-training view (runs, charts, compare)
+# rather than its GenAI view (traces, prompts) when this experiment tag says so (MLflow 3).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_NOTE = (
+    "Training runs of a lineage workspace: one run per trained model or adapter. Group runs by "
+    "the tags lineage.study, lineage.strategy and lineage.base_model; chart ppl/<domain> and "
+    "forgetting/<domain> against the step to compare what each run learned and forgot. Every "
+    "run has evaluations.csv and curves.png among its artifacts."
+)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training
+    experiment with a description (tags a person has set are left alone)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        exp_id = client.create_experiment(name, artifact_location=artifact_location)
+        tags: dict[str, str] = {}
+    else:
+        exp_id, tags = exp.experiment_id, dict(exp.tags)
+    wanted = EXPERIMENT_KIND | {"mlflow.note.content": EXPERIMENT_NOTE}
+    for key, value in wanted.items():
+        if key not in tags:
+            client.set_experiment_tag(exp_id, key, value)
+    return str(exp_id)
+
+
 class NullTracker:
     """Records everything in memory and sends nothing: for tests and non-main ranks."""
 
@@ -76,6 +107,8 @@ class NullTracker:
         self.metrics: list[tuple[int, str, float]] = []  # (step, key, value)
         self.tags: dict[str, str] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
+        self.texts: dict[str, str] = {}  # artifact file -> text
+        self.figures: list[str] = []  # artifact files of logged figures
         self.datasets: list[tuple[str, str, str, str]] = []  # name, digest, source, context
         self.status: str | None = None
 
@@ -94,6 +127,12 @@ class NullTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.texts[artifact_file] = text
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.figures.append(artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
         self.datasets.append((name, digest, source, context))
@@ -135,14 +174,7 @@ class MlflowTracker:
                 self._client.update_run(resume_run_id, status="RUNNING")
                 self._run_id = run.info.run_id
             else:
-                exp = self._client.get_experiment_by_name(experiment)
-                exp_id = (
-                    exp.experiment_id
-                    if exp is not None
-                    else self._client.create_experiment(
-                        experiment, artifact_location=artifact_location
-                    )
-                )
+                exp_id = ensure_experiment(self._client, experiment, artifact_location)
                 all_tags = {k: str(v) for k, v in (tags or {}).items()}
                 if parent_run_id is not None:
                     all_tags["mlflow.parentRunId"] = parent_run_id
@@ -191,6 +223,14 @@ class MlflowTracker:
             self._client.log_artifacts(self._run_id, str(path), artifact_path)
         else:
             self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact (a CSV table, a JSON plan) at ``artifact_file`` in the run."""
+        self._client.log_text(self._run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure saved as the artifact ``artifact_file`` (e.g. curves.png)."""
+        self._client.log_figure(self._run_id, figure, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
         """Record a dataset input (``mlflow.log_input`` semantics) by name and content digest.

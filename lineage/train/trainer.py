@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ def train(
     sampler: Iterator[Batch],
     eval_sets: Mapping[str, np.ndarray],
     objective: str,
+    sources: Sequence[str] = (),
     out_dir: Path,
     checkpoint_dir: Path,
     tracker: Tracker,
@@ -92,7 +93,9 @@ def train(
 
     ``sampler`` yields :class:`Batch` es (a MixtureSampler; it must have ``state_dict`` for
     checkpoints). ``eval_sets``: domain -> [n, T] blocks, scored every ``eval_every`` steps as
-    ``ppl/<domain>``. ``schedules``: teacher name -> inheritance schedule for batches that name
+    ``ppl/<domain>``; ``sources`` names those that are earlier domains of the model, whose
+    forgetting since step 0 is logged at every evaluation (``forgetting/<d>``,
+    ``forgetting_ratio/<d>``, ``backward_transfer``). ``schedules``: teacher name -> inheritance schedule for batches that name
     that teacher. ``tokenizer`` is saved with the model and gives MLM evaluation its mask id.
     ``auto_samples``: teacher -> held-out sample for AutoInheritance schedules. ``on_step`` is
     called after every optimizer step with the step number. The final model is saved to
@@ -106,6 +109,7 @@ def train(
         sampler,
         objective=objective,
         eval_sets=eval_sets,
+        sources=sources,
         schedules=schedules,
         auto_samples=auto_samples,
         tokenizer=tokenizer,
@@ -144,7 +148,7 @@ def _run(
 
     c = loop.config
     final: dict[str, EvalResult] = {}
-    if loop.step == 0 and c.eval_every > 0:
+    if loop.step == 0 and (c.eval_every > 0 or loop.sources):
         final = loop.evaluate_all()  # the starting point: source-domain PPL before adapting
     bar = tqdm(total=c.steps, initial=loop.step, disable=not (progress and loop.main), unit="step")
     window = Window()

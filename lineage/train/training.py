@@ -8,6 +8,7 @@ and evaluations. Only the main process writes the registry, MLflow and files.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ from lineage.train.assign import (
     replay_shards,
     replay_weights,
     shard_sources,
+    source_domains,
 )
 from lineage.train.checkpoints import checkpoint_run_id
+from lineage.train.curves import log_run_curves
 from lineage.train.job import TrainJob, TrainOutcome
 from lineage.train.lora import adapter_bytes, adapter_info, add_lora, is_adapter
 from lineage.train.runs import recorded, remove_unregistered
@@ -42,56 +45,56 @@ from lineage.workspace import Workspace
 __all__ = ["TrainJob", "TrainOutcome", "run_training"]
 
 
-def _tracker(
-    ws: Workspace, job: TrainJob, student: Model, checkpoint_dir: Path, main: bool
-) -> Tracker:
-    if not main:
-        return NullTracker()
+def strategy_label(job: TrainJob) -> str:
+    """How the run trains, as users compare runs: "sl", "ki", "ki+replay", "ki+replay+self-ki",
+    "sl+lora", ... (the ``lineage.strategy`` tag)."""
+    parts = [job.strategy]
+    if job.replay:
+        parts.append("replay")
+    if job.self_ki:
+        parts.append("self-ki")
+    if job.lora is not None:
+        parts.append("lora")
+    return "+".join(parts)
+
+
+def run_tags(job: TrainJob, student: Model) -> dict[str, str]:
+    """The tags that group runs in the MLflow UI: one study (what the runs compare, e.g. every
+    adaptation of one model to the same domains), the strategy and the base model; and the run's
+    description."""
+    domains = ", ".join(job.domains)
+    teachers = f"; teachers {', '.join(job.teachers)}" if job.teachers else ""
+    plan = f"; plan {job.plan}" if job.plan else ""
     tags = {
+        "lineage.study": job.study or f"train {student.name} on {'+'.join(job.domains)}",
+        "lineage.strategy": strategy_label(job),
+        "lineage.base_model": student.name,
         "lineage.model": job.output,
-        "lineage.student": student.name,
-        "lineage.strategy": job.strategy,
-        "lineage.parents": ",".join(sorted({student.name, *job.teachers})),
         "lineage.domains": ",".join(job.domains),
+        "lineage.parents": ",".join(sorted({student.name, *job.teachers})),
+        "mlflow.note.content": f"{strategy_label(job)} from {student.name} on {domains}"
+        f"{teachers}{plan}{f', replay {job.replay:.0%}' if job.replay else ''}.",
     }
     if job.plan:
         tags["lineage.plan"] = job.plan
+    return tags
+
+
+def _tracker(
+    ws: Workspace, job: TrainJob, student: Model, checkpoint_dir: Path, main: bool
+) -> Tracker:
+    """A new MLflow run tagged for grouping (no parent run), or the interrupted one."""
+    if not main:
+        return NullTracker()
     resume_id = checkpoint_run_id(checkpoint_dir) if job.resume else None
     return MlflowTracker(
         ws.tracking_uri,
         ws.config.tracking.experiment,
         job.output,
-        tags=tags,
-        parent_run_id=_plan_parent_run(ws, job.plan) if job.plan and not resume_id else None,
+        tags=run_tags(job, student),
         resume_run_id=resume_id,
         artifact_location=ws.expand(ws.config.tracking.artifacts),
     )
-
-
-def _plan_parent_run(ws: Workspace, plan: str) -> str:
-    """The MLflow run that every training run of a plan nests under (made once)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=ws.tracking_uri)
-    exp = client.get_experiment_by_name(ws.config.tracking.experiment)
-    if exp is not None:
-        found = client.search_runs(
-            [exp.experiment_id], f"tags.`lineage.plan_parent` = '{plan}'", max_results=1
-        )
-        if found:
-            return found[0].info.run_id
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(
-            ws.config.tracking.experiment, artifact_location=ws.expand(ws.config.tracking.artifacts)
-        )
-    )
-    spec = load_plan(ws, plan)
-    run = client.create_run(exp_id, run_name=f"plan {plan}", tags={"lineage.plan_parent": plan})
-    client.log_dict(run.info.run_id, spec.to_dict(), "plan.json")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
 
 
 def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> TrainOutcome:
@@ -131,7 +134,18 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
             tracker.log_params(params)
             for a in assigned:
                 tracker.log_dataset(a.blocks.key, a.blocks.shard.digest, a.blocks.shard.path)
+            if job.plan:  # the plan that chose the teachers travels with the run
+                spec = load_plan(ws, job.plan).to_dict()
+                tracker.log_text(json.dumps(spec, indent=2, default=str), "plan.json")
         result, teacher_params = _train(ws, job, student, assigned, tracker, run_dir, progress)
+        sources = _sources(ws, job, student)
+        log_run_curves(
+            tracker,
+            result.history,
+            job.domains,
+            sources,
+            title=f"{job.output} ({strategy_label(job)})",
+        )
         self_ki = teacher_params.pop(student.name, None)  # the student taught itself: no ki edge
         model = None
         if main:
@@ -178,6 +192,7 @@ def _train(
         config=job.config,
         sampler=sampler,
         eval_sets=eval_sets(ws, job, student),
+        sources=_sources(ws, job, student),
         objective=student.objective,
         out_dir=(ws.adapters_dir if job.lora else ws.models_dir) / job.output,
         checkpoint_dir=run_dir / "checkpoints",
@@ -190,6 +205,11 @@ def _train(
         auto_samples=auto_samples(ws, job, assigned, student),
     )
     return result, _teacher_params(job, assigned, schedules)
+
+
+def _sources(ws: Workspace, job: TrainJob, student: Model) -> list[str]:
+    """The student's earlier domains that this run does not target: where it may forget."""
+    return [d for d in source_domains(ws, student) if d not in job.domains]
 
 
 def _schedules(assigned: list[Assigned]) -> dict[str, Any]:
