@@ -64,3 +64,54 @@ def forgetting(
         ],
     )
     console.print("BWT/FWT in perplexity units, sign flipped: > 0 is good (lower perplexity).")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _ppl(ends: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{d} {a:.1f} → {b:.1f}" for d, (a, b) in ends.items()) or "-"
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Models (the run that made each) or MLflow run ids.", metavar="RUN|MODEL..."
+        ),
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Figure PNG to write (JSON beside it); default plots/compare-*.png."),
+    ] = None,
+    log_artifacts: Annotated[
+        bool, typer.Option(help="Attach the PNG and JSON to every compared MLflow run.")
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Target gain against source forgetting, per run: which adaptation to keep."""
+    from lineage.report.tradeoff import compare_runs
+
+    found = compare_runs(workspace(ctx), runs, plot=plot, log_artifacts=log_artifacts)
+    if as_json:
+        emit_json([r.to_dict() for r in found])
+        return
+    table(
+        "adaptation trade-off: perplexity at step 0 → at the end",
+        ["run", "strategy", "targets", "gain", "sources", "forgetting"],
+        [
+            (
+                r.label,
+                r.strategy,
+                _ppl(r.targets),
+                _pct(r.target_gain),
+                _ppl(r.sources),
+                _pct(r.forgetting),
+            )
+            for r in found
+        ],
+    )
+    console.print("gain: PPL reduction on the targets; forgetting: PPL rise on the sources.")

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from lineage.registry.graph import PICTURE_FORMATS
 
@@ -45,7 +46,7 @@ def heatmap(
                 ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=color)
     fig.colorbar(image, ax=ax, label=colorbar_label, shrink=0.8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves(
@@ -66,7 +67,7 @@ def curves(
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def error_bars(
@@ -87,10 +88,11 @@ def error_bars(
         ax.set_title(kind)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and release it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
