@@ -104,12 +104,13 @@ class DemoState:
     ws: Workspace
     cfg: DemoConfig
     console: Console
+    progress: bool = True  # progress bars (never in quick runs)
     outcomes: dict[str, TrainOutcome] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def train(self, name: str, job: TrainJob) -> TrainOutcome:
-        outcome = run_training(self.ws, job, progress=not self.cfg.quick)
+        outcome = run_training(self.ws, job, progress=self.progress and not self.cfg.quick)
         self.outcomes[name] = outcome
         final = {d: round(e.ppl, 2) for d, e in outcome.result.final_eval.items()}
         self.console.print(f"  [bold]{name}[/]: {outcome.result.step} steps, valid PPL {final}")
@@ -169,7 +170,7 @@ def step_first_generation(st: DemoState) -> None:
         ("expert-bio", c.expert, "bio", 3, c.steps_expert),
     ):
         _create(st, f"{name}-init", shape, seed)
-        st.train(name, st.job(f"{name}-init", name, (domain,), steps))
+        st.train(name, st.job(f"{name}-init", name, (domain,), steps, study="G1 and experts"))
 
 
 def _create(st: DemoState, name: str, shape: ModelShape, seed: int) -> None:
@@ -188,7 +189,8 @@ def step_generations(st: DemoState) -> None:
     """3. G1 -> G2 by KI (the router's plan) beside G2 by SL; then G3 from G2-KI, G2-SL and G1."""
     c = st.cfg
     _create(st, "g2-init", c.g2, 4)
-    st.train("g2-sl", st.job("g2-init", "g2-sl", (GENERAL,), c.steps_g2))
+    g2 = f"G2 on {GENERAL}"  # one study: SL, KI and growth + KI side by side in MLflow
+    st.train("g2-sl", st.job("g2-init", "g2-sl", (GENERAL,), c.steps_g2, study=g2))
     # The first generation offers itself: the router picks, per shard, among G1 and the experts.
     plan = create_plan(
         st.ws,
@@ -201,13 +203,23 @@ def step_generations(st: DemoState) -> None:
     st.console.print(
         f"  plan {plan.name!r}: the {GENERAL} shards are taught by {', '.join(teachers) or 'nobody'}"
     )
-    st.train("g2-ki", st.job("g2-init", "g2-ki", (), c.steps_g2, strategy="ki", plan=plan.name))
+    st.train(
+        "g2-ki", st.job("g2-init", "g2-ki", (), c.steps_g2, strategy="ki", plan=plan.name, study=g2)
+    )
     _create(st, "g3-init", c.g3, 5)
     for teacher in ("g2-ki", "g2-sl", "g1"):
         name = f"g3-from-{teacher}"
         st.train(
             name,
-            st.job("g3-init", name, (GENERAL,), c.steps_g3, strategy="ki", teachers=(teacher,)),
+            st.job(
+                "g3-init",
+                name,
+                (GENERAL,),
+                c.steps_g3,
+                strategy="ki",
+                teachers=(teacher,),
+                study=f"G3 on {GENERAL}",
+            ),
         )
 
 
@@ -238,7 +250,15 @@ def step_growth(st: DemoState) -> None:
     )
     st.train(
         "g2-aki-ki",
-        st.job("g2-aki", "g2-aki-ki", (GENERAL,), c.steps_g2, strategy="ki", teachers=("g1",)),
+        st.job(
+            "g2-aki",
+            "g2-aki-ki",
+            (GENERAL,),
+            c.steps_g2,
+            strategy="ki",
+            teachers=("g1",),
+            study=f"G2 on {GENERAL}",
+        ),
     )
 
 
@@ -268,7 +288,7 @@ def step_adaptation(st: DemoState) -> None:
             teacher_mode=c.teacher_mode,
             **kw,
         )
-        (adapted,) = adapt(st.ws, job, progress=not c.quick)
+        (adapted,) = adapt(st.ws, job, progress=st.progress and not c.quick)
         st.outcomes[output] = adapted.outcome
         names.append(output)
         final = {d: round(e.ppl, 1) for d, e in adapted.outcome.result.final_eval.items()}
@@ -414,16 +434,21 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
 
 
 def run_demo(
-    path: Path, cfg: DemoConfig | None = None, console: Console | None = None
+    path: Path,
+    cfg: DemoConfig | None = None,
+    console: Console | None = None,
+    *,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Build the demo family in a new workspace at ``path`` (refuses an existing folder)."""
+    """Build the demo family in a new workspace at ``path`` (refuses an existing folder);
+    ``progress`` shows training progress bars (never in quick runs)."""
     cfg = cfg or DemoConfig()
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise LineageError(f"{path} exists and is not empty: the demo needs a fresh folder")
     console = console or Console()
     ws = Workspace.init(path)
-    st = DemoState(ws, cfg, console)
+    st = DemoState(ws, cfg, console, progress)
     try:
         for i, (title, step) in enumerate(STEPS, 1):
             console.rule(f"[bold]{i}. {title}")

@@ -4,6 +4,7 @@ one line with exit code 1 (2 for usage errors), and nothing is changed by a refu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +34,80 @@ def all_commands() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("path", all_commands(), ids=lambda p: " ".join(p) or "lineage")
-def test_every_command_has_help(path: list[str]) -> None:
+def test_every_command_has_readable_help(path: list[str]) -> None:
+    """click's conventions, as pip or mlflow print them: NAME, --domain TEXT; not typer's
+    {name}, <str> or <list[str]>."""
     out = run(*path, "--help")
     assert "Usage:" in out and "--help" in out
+    assert not re.search(r"\{\w+\}|<(str|int|float|path|bool|list\[\w+\])>", out), out
+
+
+def options(path: list[str]) -> set[str]:
+    from typer.main import get_command
+
+    cmd = get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    return {opt for param in cmd.params for opt in getattr(param, "opts", [])}
+
+
+LONG_COMMANDS = [
+    ["train"], ["adapt"], ["grow"], ["cache", "build"], ["demo"], ["domain", "add"],
+    ["tokenizer", "train"],
+]  # fmt: skip
+READ_COMMANDS = [
+    ["graph"], ["route"], ["doctor"], ["db", "current"], ["model", "list"], ["model", "show"],
+    ["domain", "list"], ["domain", "show"], ["domain", "proximity"], ["edge", "list"],
+    ["plan", "show"], ["plan", "list"], ["tokenizer", "list"], ["cache", "list"],
+    ["cache", "verify"], ["report", "forgetting"], ["report", "compare"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", LONG_COMMANDS, ids=" ".join)
+def test_long_commands_can_be_quiet(path: list[str]) -> None:
+    assert {"-q", "--quiet"} <= options(path)
+
+
+@pytest.mark.parametrize("path", READ_COMMANDS, ids=" ".join)
+def test_read_commands_print_json(path: list[str]) -> None:
+    assert "--json" in options(path)
+
+
+def test_quiet_prints_nothing_and_tables_are_whole_when_piped(tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    run("init", ws)
+    text = tmp_path / "t.txt"
+    text.write_text("\n\n".join(f"document {i} about cells and code" for i in range(60)))
+    assert run("-w", ws, "domain", "add", "cs", str(text), "--valid-every", "5", "-q") == ""
+    name = "a-tokenizer-with-a-name-long-enough-to-push-its-table-past-eighty-columns"
+    assert run("-w", ws, "tokenizer", "train", name, "-d", "cs", "--vocab-size", "300", "-q") == ""
+    added = run("-w", ws, "domain", "add", "bio", str(text), "--valid-every", "5")
+    assert "Added domain" in added  # --quiet lasted one command
+    listing = run("-w", ws, "tokenizer", "list")  # CliRunner's output is not a terminal
+    (row,) = [line for line in listing.splitlines() if "a-tokenizer" in line]
+    assert name in row and len(row) > 80
+    assert "…" not in listing
+
+
+def test_mlflow_info_lines_are_silenced(tmp_path: Path) -> None:
+    """MLflow logs INFO lines when it creates its database; the CLI sets its logging level."""
+    import subprocess
+    import sys
+
+    make_db = (
+        "from mlflow import MlflowClient; "
+        f"MlflowClient('sqlite:///{tmp_path}/{{}}.db').search_experiments()"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-c", make_db.format("a")], capture_output=True, text=True, check=True
+    )
+    assert "INFO mlflow" in plain.stderr  # what a first run printed before
+    quiet = subprocess.run(
+        [sys.executable, "-c", "from lineage.cli import quiet_libraries; quiet_libraries(); "
+         + make_db.format("b")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "INFO" not in quiet.stderr and (tmp_path / "b.db").is_file()
 
 
 def test_tour(tmp_path: Path, make_model_dir: Callable[..., Path]) -> None:

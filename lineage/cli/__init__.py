@@ -62,6 +62,7 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = {"workspace": workspace_dir}
+    console.quiet = False  # a command's --quiet lasts for that command only
 
 
 @app.command()
@@ -150,4 +151,11 @@ def graph(
 def main() -> None:
     # lineage draws its own progress bars; transformers' per-file load/save bars are noise here.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    quiet_libraries()
     app(prog_name="lineage")
+
+
+def quiet_libraries() -> None:
+    """MLflow logs INFO lines (creating its tracking database, ...) that say nothing to a lineage
+    user; its own setting keeps warnings and errors (a value the user exported wins)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

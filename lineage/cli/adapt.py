@@ -14,11 +14,14 @@ from lineage.cli.common import (
     EvalEveryOption,
     JsonOption,
     LrOption,
+    QuietOption,
     SeedOption,
+    StudyOption,
     TeacherModeOption,
     console,
     emit_json,
     parse_params,
+    quiet_mode,
     table,
     workspace,
 )
@@ -75,6 +78,8 @@ def adapt_command(
     eval_blocks: EvalBlocksOption = 64,
     checkpoint_every: CheckpointEveryOption = 500,
     seed: SeedOption = 0,
+    study: StudyOption = None,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to new domains; reports the forgetting on its source domains."""
@@ -108,8 +113,9 @@ def adapt_command(
         teacher_mode=teacher_mode,
         block_size=block_size,
         config=config,
+        study=study,
     )
-    runs = adapt(workspace(ctx), job, progress=not as_json)
+    runs = adapt(workspace(ctx), job, progress=quiet_mode(quiet, as_json))
     summary: list[dict[str, Any]] = [
         {
             "model": r.model.name if r.model else None,

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import (
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    quiet_mode,
+    table,
+    workspace,
+)
 from lineage.cli.common import app as make_app
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
@@ -30,6 +38,7 @@ def build(
     mask_rate: Annotated[
         float, typer.Option(help="MLM: share of tokens masked (must match training).")
     ] = 0.15,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run the teacher once over the domains' training blocks and store its top-K logits."""
@@ -41,7 +50,7 @@ def build(
         domain,
         top_k=top_k,
         block_size=block_size,
-        progress=not as_json,
+        progress=quiet_mode(quiet, as_json),
         mask_probability=mask_rate,
     )
     if as_json:
@@ -79,11 +88,23 @@ def list_(
 
 
 @app.command()
-def verify(path: Path) -> None:
+def verify(
+    path: Annotated[Path, typer.Argument(help="A cache folder.")], as_json: JsonOption = False
+) -> None:
     """Re-hash every file of a cache against its manifest."""
     from lineage.inherit.cache import open_cache
 
     cache = open_cache(path, verify=True)
+    if as_json:
+        emit_json(
+            {
+                "path": str(path),
+                "ok": True,
+                "blocks": cache.manifest.n_blocks,
+                "teacher": cache.meta.teacher_name,
+            }
+        )
+        return
     console.print(
         f"ok: {path} ({cache.manifest.n_blocks} blocks, teacher {cache.meta.teacher_name})"
     )

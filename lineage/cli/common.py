@@ -9,19 +9,38 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lineage.errors import LineageError
 from lineage.workspace import Workspace
 
 console = Console()
+# Piped or redirected, a line is not cut at rich's assumed 80 columns (tables: print_table).
+console.soft_wrap = not console.is_terminal
 err_console = Console(stderr=True)
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
 ]
 
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bars or messages (errors still go to stderr)."),
+]
+
+
+def quiet_mode(quiet: bool, as_json: bool = False) -> bool:
+    """Silence this command's console output when ``quiet``; returns whether progress bars
+    should show (not when quiet, nor with --json, whose output must stay parseable)."""
+    console.quiet = quiet
+    return not (quiet or as_json)
+
+
 # Options every training command shares (lineage train, lineage adapt): one spelling, one help.
+StudyOption = Annotated[
+    str | None,
+    typer.Option(help="MLflow tag lineage.study that groups the runs to compare."),
+]
 TeacherModeOption = Annotated[str, typer.Option(help="cached (top-K logit cache) or online.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Blocks per micro-batch.")]
 LrOption = Annotated[
@@ -35,7 +54,12 @@ SeedOption = Annotated[int, typer.Option(help="Seed for data order, masking and 
 
 
 class LineageGroup(TyperGroup):
-    """Turns a LineageError into one clear message and exit code 1 (no traceback)."""
+    """Turns a LineageError into one clear message and exit code 1 (no traceback); its own
+    options get click's metavars (as LineageCommand's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        click_metavars(self.params)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
@@ -45,8 +69,72 @@ class LineageGroup(TyperGroup):
             raise typer.Exit(code=1) from None
 
 
+# Python types as click names them in help (TEXT, INTEGER, ...); lists show their element type.
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": "BOOLEAN"}
+
+
+def _type_metavar(param: TyperOption) -> str:
+    inner = param.bare_type().removeprefix("list[").removesuffix("]")
+    return _TYPE_NAMES.get(inner, inner.upper())
+
+
+def _argument_metavar(param: TyperArgument) -> str:
+    name = param.metavar or (param.name or "").upper()
+    name = name if param.required else f"[{name}]"
+    return f"{name}..." if param.nargs != 1 and not name.endswith("...") else name
+
+
+def click_metavars(params: Sequence[Any]) -> None:
+    """Give every option that takes a value its type's name (TEXT, PATH) and every argument its
+    upper-case name as metavar, unless one was set."""
+    for param in params:
+        if isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
+            param.metavar = _type_metavar(param)
+        elif isinstance(param, TyperArgument) and param.metavar is None:
+            param.metavar = (param.name or "").upper()
+
+
+class LineageCommand(TyperCommand):
+    """Help in click's conventions, as the tools beside lineage (pip, mlflow, accelerate) print
+    it: ``NAME`` for an argument and ``-d, --domain TEXT`` for an option, where typer would
+    show ``{name}``, ``<str>`` or ``<list[str]>``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        click_metavars(self.params)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [
+            _argument_metavar(p) for p in self.get_params(ctx) if isinstance(p, TyperArgument)
+        ]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments = [
+            (_argument_metavar(p), getattr(p, "help", None) or "")
+            for p in self.get_params(ctx)
+            if isinstance(p, TyperArgument)
+        ]
+        options = [
+            record
+            for p in self.get_params(ctx)
+            if isinstance(p, TyperOption) and (record := p.get_help_record(ctx))
+        ]
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class LineageTyper(typer.Typer):
+    """A Typer app whose commands are LineageCommands."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or LineageCommand, **kwargs)
+
+
 def app(help: str) -> typer.Typer:
-    return typer.Typer(
+    return LineageTyper(
         help=help,
         cls=LineageGroup,
         no_args_is_help=True,
@@ -70,13 +158,26 @@ def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def print_table(t: Table, out: Console | None = None) -> None:
+    """Print a rich table whole: on a terminal it fits the window; piped or redirected (where
+    rich would assume 80 columns and wrap or cut cells) it takes the width its cells need."""
+    out = out or console
+    if out.quiet:
+        return
+    if out.is_terminal:
+        out.print(t)
+        return
+    needed = out.measure(t, options=out.options.update_width(1_000_000)).maximum
+    Console(file=out.file, width=max(needed, out.width)).print(t)
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     t = Table(title=title, title_justify="left")
     for col in columns:
         t.add_column(col)
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    console.print(t)
+    print_table(t)
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import console, emit_json
+from lineage.cli.common import QuietOption, console, emit_json, quiet_mode
 
 
 def fresh_folder(base: Path) -> Path:
@@ -30,11 +30,14 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON at the end.")
     ] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Build a model family on the bundled domains: KI, generations, growth, adaptation."""
     from lineage.demo import DemoConfig, run_demo
 
     path = directory or fresh_folder(Path("lineage-demo").resolve())
-    summary = run_demo(path, DemoConfig.quick_config() if quick else DemoConfig(), console=console)
+    progress = quiet_mode(quiet)
+    config = DemoConfig.quick_config() if quick else DemoConfig()
+    summary = run_demo(path, config, console=console, progress=progress)
     if as_json:
         emit_json(summary)

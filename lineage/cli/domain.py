@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import (
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    quiet_mode,
+    table,
+    workspace,
+)
 from lineage.cli.common import app as make_app
 from lineage.corpora.domains import (
     LAYOUTS,
@@ -75,6 +83,7 @@ def add(
             "--force", help="With --replace: also remove the plans and caches that use it."
         ),
     ] = False,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Add a domain from text sources (a bundled domain's name alone adds the bundled corpus)."""
@@ -82,6 +91,7 @@ def add(
         raise typer.BadParameter(
             f"{documents!r} is not one of {', '.join(LAYOUTS)}", param_hint="--documents"
         )
+    progress = quiet_mode(quiet, as_json)
     if not sources:
         if name not in bundled_domains():
             raise LineageError(
@@ -100,7 +110,7 @@ def add(
         shard_mb=shard_mb,
         replace=replace,
         force=force,
-        progress=not as_json,
+        progress=progress,
     )
     if as_json:
         emit_json(domain.to_dict() | {"profile": None})

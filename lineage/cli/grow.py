@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, err_console, table, workspace
+from lineage.cli.common import (
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    err_console,
+    quiet_mode,
+    table,
+    workspace,
+)
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 
 METHODS = (
@@ -48,6 +57,7 @@ def grow(
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per scored block.")] = DEFAULT_BLOCK_SIZE,
     max_blocks: Annotated[int, typer.Option(help="Score at most this many valid blocks.")] = 64,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Grow SOURCE into NEW: wider by FPI/AKI/DirectCopy, deeper by stacking; register it with
@@ -55,6 +65,7 @@ def grow(
     source's loss)."""
     from lineage.lifecycle import grow_workspace_model
 
+    quiet_mode(quiet, as_json)
     if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     model, report = grow_workspace_model(

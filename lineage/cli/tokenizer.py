@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from lineage.cli.common import JsonOption, console, emit_json, table, workspace
+from lineage.cli.common import (
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    quiet_mode,
+    table,
+    workspace,
+)
 from lineage.cli.common import app as make_app
 
 app = make_app("Tokenizers: vocabularies shared by teachers and students.")
@@ -23,10 +31,13 @@ def train(
         int, typer.Option(help="Vocabulary size (bytes + specials + merges).")
     ] = 8000,
     min_frequency: Annotated[int, typer.Option(help="Minimum pair count for a merge.")] = 2,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on domains' train text and register its fingerprint."""
     from lineage.lifecycle import train_workspace_tokenizer
+
+    quiet_mode(quiet, as_json)
 
     tok = train_workspace_tokenizer(
         workspace(ctx), name, domain, vocab_size=vocab_size, min_frequency=min_frequency

@@ -14,11 +14,14 @@ from lineage.cli.common import (
     EvalEveryOption,
     JsonOption,
     LrOption,
+    QuietOption,
     SeedOption,
+    StudyOption,
     TeacherModeOption,
     console,
     emit_json,
     parse_params,
+    quiet_mode,
     table,
     workspace,
 )
@@ -78,6 +81,8 @@ def train(
         bool, typer.Option("--compile", help="torch.compile the student.")
     ] = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run of --output.")] = False,
+    study: StudyOption = None,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
@@ -115,8 +120,10 @@ def train(
         data_fraction=data_fraction,
         config=config,
         resume=resume,
+        study=study,
     )
-    outcome = run_training(workspace(ctx), job, progress=not as_json)
+    progress = quiet_mode(quiet, as_json)
+    outcome = run_training(workspace(ctx), job, progress=progress)
     r = outcome.result
     summary = {
         "model": outcome.model.to_dict() if outcome.model else None,
