@@ -39,6 +39,8 @@ from lineage.registry.graph import to_dot
 from lineage.report import plots
 from lineage.report.compare import curve, saving, steps_to_reach
 from lineage.report.forgetting import forgetting_report
+from lineage.report.tradeoff import compare_runs
+from lineage.train.runs import job_tracker, recorded
 from lineage.train.trainer import TrainConfig
 from lineage.train.training import TrainJob, TrainOutcome, run_training
 from lineage.workspace import Workspace
@@ -402,12 +404,28 @@ def step_summary(st: DemoState) -> None:
     histories = {n: o.result.history for n, o in st.outcomes.items()}
     write_curves(histories, st.ws.plots_dir)
     _lineage_picture(st)
+    adapted = [n for n in st.outcomes if n.startswith("g2-adapt")]
+    if adapted:  # the trade-off figure, logged on each adaptation run
+        compare_runs(st.ws, adapted, plot=st.ws.plots_dir / "tradeoff.png")
     st.summary["timings_s"] = {k: round(v, 1) for k, v in st.timings.items()}
     (st.ws.root / "demo-summary.json").write_text(json.dumps(st.summary, indent=2, default=str))
+    _log_demo_run(st)
     st.console.print(f"plots in {st.ws.plots_dir}; summary in {st.ws.root / 'demo-summary.json'}")
     st.console.print(
-        f"compare the runs: [bold]lineage -w {st.ws.root} ui[/] then open http://127.0.0.1:5000"
+        f"compare the runs: [bold]lineage -w {st.ws.root} ui[/] then open the printed address; "
+        f"[bold]lineage -w {st.ws.root} report compare {' '.join(adapted)}[/]"
     )
+
+
+def _log_demo_run(st: DemoState) -> None:
+    """The demo's figures and summary as one MLflow run of its own (study "demo")."""
+    note = "The lineage demo: its figures (plots/) and summary (demo-summary.json)."
+    tracker = job_tracker(
+        st.ws, "demo summary", {"lineage.study": "demo", "mlflow.note.content": note}
+    )
+    with recorded(st.ws.registry, "demo", tracker, config=dataclasses.asdict(st.cfg)):
+        tracker.log_artifact(st.ws.plots_dir, "plots")
+        tracker.log_artifact(st.ws.root / "demo-summary.json")
 
 
 def _lineage_picture(st: DemoState) -> None:

@@ -109,6 +109,7 @@ def test_forgetting_is_a_curve_and_runs_group_by_tags(with_cs_expert: Workspace)
     tags = [r.data.tags for r in runs.values()]
     assert {t["lineage.study"] for t in tags} == {"adapt teacher-lit to cs"}
     assert [t["lineage.strategy"] for t in tags] == ["ki", "sl+replay"]
+    assert [t["mlflow.runColor"] for t in tags] == ["#ff7f0e", "#2ca02c"]  # one per strategy
     assert {t["lineage.base_model"] for t in tags} == {"teacher-lit"}
     assert all("mlflow.parentRunId" not in t for t in tags)
     exp = client.get_experiment(runs[ki.outcome.run_id].info.experiment_id)
@@ -262,3 +263,43 @@ def test_before_after_matrix_feeds_the_forgetting_math() -> None:
     assert m.learned == (("lit",), ("cs",))
     (f,) = domain_forgetting(m).values()
     assert (f.domain, f.delta, f.ratio) == ("lit", 2.0, 1.2)
+
+
+@pytest.mark.integration
+def test_quiet_adaptations_compared_by_gain_and_forgetting(family_ws: Workspace) -> None:
+    """Two adaptations from the CLI (-q: no output at all), then `report compare` reads both
+    runs back: target gain and source forgetting from their step-0 and final perplexities,
+    a plot with its JSON, logged on both runs."""
+    ws = str(family_ws.root)
+    base = ["-w", ws, "adapt", "teacher-lit", "-d", "bio", "--strategy", "sl", "--steps", "2"]
+    base += ["--batch-size", "4", "--block-size", "32", "--eval-every", "1", "--eval-blocks", "2"]
+    quiet = CliRunner().invoke(app, [*base, "-o", "lit-sl", "-q"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    replay = CliRunner().invoke(app, [*base, "-o", "lit-replay", "--replay", "0.5", "-q"])
+    assert replay.exit_code == 0, replay.output
+    plot = family_ws.root / "tradeoff.png"
+    args = ["-w", ws, "report", "compare", "lit-sl", "lit-replay", "--plot", str(plot), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["label"]: r for r in json.loads(result.stdout)}
+    assert [rows[m]["strategy"] for m in ("lit-sl", "lit-replay")] == ["sl", "sl+replay"]
+    reg = family_ws.registry
+    for name, row in rows.items():
+        before, after = row["targets"]["bio"]
+        final = {e.domain: e.ppl for e in reg.evaluations(model=name)}
+        assert after == pytest.approx(final["bio"]) and row["target_gain"] == pytest.approx(
+            1 - after / before
+        )
+        s0, s1 = row["sources"]["literature"]
+        assert row["forgetting"] == pytest.approx(s1 / s0 - 1) and s1 == pytest.approx(
+            final["literature"]
+        )
+        files = {f.path for f in MlflowClient(family_ws.tracking_uri).list_artifacts(
+            row["run_id"], "compare"
+        )}  # fmt: skip
+        assert files == {"compare/tradeoff.png", "compare/tradeoff.json"}
+    assert plot.stat().st_size > 5_000 and json.loads(plot.with_suffix(".json").read_text())
+    table = CliRunner().invoke(app, ["-w", ws, "report", "compare", "lit-sl", "--no-log-artifacts"])
+    assert "lit-sl" in table.output and "literature" in table.output
+    missing = CliRunner().invoke(app, ["-w", ws, "report", "compare", "nothing-by-that-name"])
+    assert missing.exit_code == 1 and "no model or MLflow run named" in missing.output

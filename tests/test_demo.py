@@ -68,8 +68,14 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
         "forgetting.png",
         "forgetting-curves.png",
         "lineage.png",
+        "tradeoff.png",
     ):
         assert (ws.plots_dir / png).stat().st_size > 5_000, png
+    files = {f.path for f in client.list_artifacts(ki_run.info.run_id, "compare")}
+    assert files == {"compare/tradeoff.png", "compare/tradeoff.json"}
+    (demo_run,) = [r for r in runs if r.data.tags.get("lineage.study") == "demo"]
+    logged = {f.path for f in client.list_artifacts(demo_run.info.run_id, "plots")}
+    assert {"plots/lineage.svg", "plots/tradeoff.png"} <= logged
     summary = json.loads((root / "demo-summary.json").read_text())
     assert {"proximity", "ki_vs_sl", "generations", "growth", "adaptation"} <= set(summary)
     assert summary["ki_vs_sl"][0]["run"] == "g2-sl"

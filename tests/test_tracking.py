@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from lineage.train.tracking import MlflowTracker, NullTracker, flatten, metric_key
+from lineage.train.tracking import (
+    STRATEGY_COLORS,
+    MlflowTracker,
+    NullTracker,
+    flatten,
+    metric_key,
+    strategy_color,
+)
 
 
 @dataclass
@@ -81,3 +89,12 @@ def test_mlflow_run_resume_and_nesting(uri: str, tmp_path: Path) -> None:
     child = MlflowTracker(uri, "exp", "child", parent_run_id=tracker.run_id)
     child_run = client.get_run(child.run_id)
     assert child_run.data.tags["mlflow.parentRunId"] == tracker.run_id
+
+
+def test_each_strategy_has_its_own_stable_run_colour() -> None:
+    colours = list(STRATEGY_COLORS.values())
+    assert len(set(colours)) == len(colours)
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours)
+    assert strategy_color("ki+replay") == STRATEGY_COLORS["ki+replay"]
+    other = strategy_color("sl+replay+lora")  # not listed: a stable pick of its own
+    assert other == strategy_color("sl+replay+lora") and other not in colours

@@ -33,6 +33,12 @@ def quiet_mode(quiet: bool, as_json: bool = False) -> bool:
     """Silence this command's console output when ``quiet``; returns whether progress bars
     should show (not when quiet, nor with --json, whose output must stay parseable)."""
     console.quiet = quiet
+    if quiet:  # the libraries' own bars too (loading and saving weights)
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bars()
+        disable_progress_bar()
     return not (quiet or as_json)
 
 

@@ -35,12 +35,30 @@ def ui_command(ws: Workspace, port: int) -> tuple[list[str], dict[str, str]]:
     return cmd, env
 
 
+def runs_page(ws: Workspace, port: int) -> str:
+    """The address of the workspace's runs in the UI's model-training view.
+
+    MLflow 3's UI opens every experiment in its GenAI view (traces, prompts) unless the address
+    (or the sidebar switch) asks for ``workflowType=machine_learning``; the experiment also
+    carries ``mlflow.experimentKind`` (``lineage.train.tracking.ensure_experiment``)."""
+    from mlflow import MlflowClient
+
+    from lineage.train.tracking import ensure_experiment
+
+    client = MlflowClient(tracking_uri=ws.tracking_uri)
+    exp_id = ensure_experiment(
+        client, ws.config.tracking.experiment, ws.expand(ws.config.tracking.artifacts)
+    )
+    return f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
 def ui(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on the workspace's runs (compare SL, KI, replay; forgetting metrics)."""
-    cmd, env = ui_command(workspace(ctx), port)
-    console.print(f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    ws = workspace(ctx)
+    cmd, env = ui_command(ws, port)
+    console.print(f"MLflow UI: {runs_page(ws, port)}  (Ctrl-C stops it)")
     sys.stdout.flush()
     os.execve(cmd[0], cmd, env)  # the UI replaces this process: no idle parent holding memory

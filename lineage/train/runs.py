@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineage.registry.entities import Run
 from lineage.registry.store import Registry
-from lineage.train.tracking import MlflowTracker, NullTracker, Tracker
+from lineage.train.tracking import MlflowTracker, NullTracker, Tracker, strategy_color
 
 if TYPE_CHECKING:
     from lineage.workspace import Workspace
@@ -103,9 +103,12 @@ def recorded(
 def job_tracker(
     ws: Workspace, run_name: str, tags: Mapping[str, Any], *, main: bool = True
 ) -> Tracker:
-    """A fresh MLflow run in the workspace's experiment (a null tracker off the main process)."""
+    """A fresh MLflow run in the workspace's experiment (a null tracker off the main process),
+    drawn in its strategy's colour when it has one."""
     if not main:
         return NullTracker()
+    if "lineage.strategy" in tags:
+        tags = {"mlflow.runColor": strategy_color(str(tags["lineage.strategy"])), **tags}
     return MlflowTracker(
         ws.tracking_uri,
         ws.config.tracking.experiment,

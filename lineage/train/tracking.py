@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,12 +76,31 @@ def metric_key(key: str) -> str:
 # The MLflow UI opens an experiment in its classic model-training view (runs, charts, compare)
 # rather than its GenAI view (traces, prompts) when this experiment tag says so (MLflow 3).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-EXPERIMENT_NOTE = (
-    "Training runs of a lineage workspace: one run per trained model or adapter. Group runs by "
-    "the tags lineage.study, lineage.strategy and lineage.base_model; chart ppl/<domain> and "
-    "forgetting/<domain> against the step to compare what each run learned and forgot. Every "
-    "run has evaluations.csv and curves.png among its artifacts."
+EXPERIMENT_NOTE = (  # one line in the UI's header
+    "One run per trained model or adapter. Group by tag lineage.study, lineage.strategy or "
+    "lineage.base_model; chart forgetting/DOMAIN and ppl/DOMAIN against the step."
 )
+# The UI draws a run in the colour of its ``mlflow.runColor`` tag (else one hashed from its id,
+# often the same for two runs): one colour per strategy, the same in every study and chart.
+STRATEGY_COLORS = {
+    "sl": "#1f77b4",
+    "ki": "#ff7f0e",
+    "sl+replay": "#2ca02c",
+    "ki+replay": "#d62728",
+    "sl+lora": "#9467bd",
+    "ki+lora": "#8c564b",
+    "ki+self-ki": "#e377c2",
+    "ki+replay+self-ki": "#7f7f7f",
+    "grow": "#bcbd22",
+    "cache": "#17becf",
+}
+_OTHER_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+
+
+def strategy_color(strategy: str) -> str:
+    """The run colour of a ``lineage.strategy`` (a stable pick for combinations not listed)."""
+    known = STRATEGY_COLORS.get(strategy)
+    return known or _OTHER_COLORS[zlib.crc32(strategy.encode()) % len(_OTHER_COLORS)]
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:

@@ -38,7 +38,7 @@ from lineage.train.curves import log_run_curves
 from lineage.train.job import TrainJob, TrainOutcome
 from lineage.train.lora import adapter_bytes, adapter_info, add_lora, is_adapter
 from lineage.train.runs import recorded, remove_unregistered
-from lineage.train.tracking import MlflowTracker, NullTracker, Tracker
+from lineage.train.tracking import MlflowTracker, NullTracker, Tracker, strategy_color
 from lineage.train.trainer import TrainResult, train
 from lineage.workspace import Workspace
 
@@ -68,6 +68,7 @@ def run_tags(job: TrainJob, student: Model) -> dict[str, str]:
     tags = {
         "lineage.study": job.study or f"train {student.name} on {'+'.join(job.domains)}",
         "lineage.strategy": strategy_label(job),
+        "mlflow.runColor": strategy_color(strategy_label(job)),
         "lineage.base_model": student.name,
         "lineage.model": job.output,
         "lineage.domains": ",".join(job.domains),
