@@ -50,7 +50,9 @@ def test_fpi_width_growth_keeps_the_source_loss_and_is_registered(family_ws: Wor
     record = GrowthRecord.from_json((folder / GROWTH_FILE).read_text())
     assert record == report.record and len(record.maps["hidden"]) == 64
     card = (folder / "README.md").read_text()
-    assert "base_model:\n- teacher-lit" in card and "**grow** from `teacher-lit`" in card
+    # base_model names Hub ids only (teacher-lit has none): the lineage section names the parent
+    assert "base_model" not in card and "**grow from** `teacher-lit`" in card
+    assert "lineage:\n  generation: 2" in card
     evals = {(e.model, e.domain, e.step): e for e in reg.evaluations()}
     assert evals[("big", "literature", 0)].loss == pytest.approx(report.grown_eval.loss)
     assert evals[("teacher-lit", "literature", 0)].loss == pytest.approx(report.source_eval.loss)
