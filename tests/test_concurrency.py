@@ -56,7 +56,7 @@ def test_eight_writers_lose_nothing(registry_url: str) -> None:
                 reg.add_edge(f"w{w}-m{i - 1}", f"w{w}-m{i}", "ki")
         if w:  # across writers too: the first models chain through all of them
             first[w - 1].wait(60)
-            reg.add_edge(f"w{w - 1}-m0", f"w{w}-m0", "adapt")
+            reg.add_edge(f"w{w - 1}-m0", f"w{w}-m0", "grow")  # a new generation each
 
     try:
         results = together([lambda w=w: writer(w) for w in range(8)])

@@ -22,5 +22,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('models', schema=None) as batch_op:
+    # ALTER TABLE ... DROP COLUMN in place (SQLite >= 3.35), not a batch rebuild of models,
+    # which would drop the graph-version triggers of 0004.
+    with op.batch_alter_table('models', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('hub_id')
