@@ -73,11 +73,12 @@ def test_db_check_finds_cycles_and_missing_files(team_ws: Workspace) -> None:
     assert "cycle: a -> b -> c -> a" in out and "Traceback" not in out
     graph = runner.invoke(app, [*cli, "graph"])
     assert graph.exit_code == 0 and "warning: cycle a -> b -> c -> a" in graph.output
-    assert all(name in graph.output for name in ("a (roberta", "b (roberta", "c (roberta"))
+    # on a cycle, generations are undefined: G?
+    assert all(name in graph.output for name in ("a G? (roberta", "b G? (roberta", "c G? (roberta"))
     assert "↻ cycle" in graph.output
 
     run(*cli, "edge", "remove", "c", "a")
-    assert json.loads(run(*cli, "model", "show", "c", "--json"))["generation"] == 3
+    assert json.loads(run(*cli, "model", "show", "c", "--json"))["generation"] == 2  # adapt: same
     assert json.loads(run(*cli, "db", "check", "--json", code=1))["cycles"] == []
 
 
