@@ -182,7 +182,7 @@ def _write_manifest(tmp: Path, step: int) -> None:
     files = {
         p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(tmp.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != MANIFEST
     }
     manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -285,6 +285,16 @@ def _load_replicated(path: Path, model: torch.nn.Module, optimizer: Any) -> None
         )
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def remove_partial(root: Path) -> list[Path]:
+    """Delete the temporary folders of checkpoints that a killed run left half-written (they
+    are never read: a checkpoint exists only once renamed into place); returns them."""
+    root = Path(root)
+    partial = sorted(root.glob(".step-*.tmp-*")) if root.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -41,6 +41,7 @@ from lineage.train.checkpoints import (
     atomic_dir,
     latest_checkpoint,
     load_checkpoint,
+    remove_partial,
     save_checkpoint,
 )
 from lineage.train.config import AutoSample, RateSchedule, TrainConfig
@@ -236,8 +237,14 @@ class Loop:
 
     def resume(self, checkpoint_dir: Path) -> int | None:
         """Load the newest valid checkpoint; returns its step (None: nothing to resume)."""
+
         # The main process picks (and verifies) it; every rank loads the same one.
-        found = on_main(lambda: latest_checkpoint(checkpoint_dir), "finding the checkpoint")
+        def newest() -> Path | None:
+            for partial in remove_partial(checkpoint_dir):
+                log.info("removed %s, a checkpoint the interrupted run did not finish", partial)
+            return latest_checkpoint(checkpoint_dir)
+
+        found = on_main(newest, "finding the checkpoint")
         if found is None:
             log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
             return None
