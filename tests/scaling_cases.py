@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedM
 from lineage.corpora.batches import BlockShard, MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.distributed import process_state
+from lineage.errors import LineageError
 from lineage.inherit.cache import CacheMeta, open_cache
 from lineage.inherit.cache_build import build_cache, state_digest
 from lineage.models.modeling import build_config, load_model
@@ -81,6 +82,44 @@ def build_caches(root: Path, objectives: tuple[str, ...] = tuple(FAMILY)) -> dic
     return out
 
 
+def _loop(objective: str, sampler: Any, config: TrainConfig, mode: str = "sl") -> Loop:
+    loop = Loop(
+        tiny(objective, seed=1),
+        config,
+        sampler,
+        objective=objective,
+        eval_sets={},
+        schedules={"t": Constant(0.4)} if mode != "sl" else {},
+        auto_samples=None,
+        tokenizer=None,
+        accelerator=None,
+        tracker=NullTracker(),
+        online_teachers={"t": tiny(objective, seed=7)} if mode == "online" else None,
+    )
+    loop.validate()
+    loop.prepare()
+    return loop
+
+
+def failing_step() -> str:
+    """One step in which rank 1's batch holds a token id the model does not have: every rank
+    must raise at once (rank 1 its own error, the others naming rank 1), none may wait."""
+    state = process_state()
+    blocks = BLOCKS.copy()
+    if state.process_index == 1:
+        blocks[:, 0] = 300  # the vocabulary is 0..299
+    shard = BlockShard("a", blocks, "clm", INFO)
+    sampler = MixtureSampler(
+        [shard], batch_size=4, seed=5, rank=state.process_index, world_size=state.num_processes
+    )
+    loop = _loop("clm", sampler, TrainConfig(steps=1, batch_size=4, precision="fp32"))
+    try:
+        loop.accumulate(Window())
+    except LineageError as exc:
+        return str(exc)
+    return "no error"
+
+
 def step_gradients(
     case: str, caches: dict[str, Path], batch_size: int, grad_accum: int
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -101,21 +140,8 @@ def step_gradients(
         world_size=state.num_processes,
     )
     counts = _CountingSampler(sampler)
-    loop = Loop(
-        tiny(objective, seed=1),
-        TrainConfig(steps=1, batch_size=batch_size, grad_accum=grad_accum, precision="fp32"),
-        counts,
-        objective=objective,
-        eval_sets={},
-        schedules={"t": Constant(0.4)} if mode != "sl" else {},
-        auto_samples=None,
-        tokenizer=None,
-        accelerator=None,
-        tracker=NullTracker(),
-        online_teachers={"t": tiny(objective, seed=7)} if mode == "online" else None,
-    )
-    loop.validate()
-    loop.prepare()
+    config = TrainConfig(steps=1, batch_size=batch_size, grad_accum=grad_accum, precision="fp32")
+    loop = _loop(objective, counts, config, mode)
     loop.accumulate(Window())
     grads = {}
     for name, param in loop.model.named_parameters():

@@ -27,6 +27,7 @@ def grads(out: Path, caches_root: Path, batch: int) -> None:
     for case in sc.CASES:
         gradients, targets = sc.step_gradients(case, caches, batch, 1)
         torch.save({"grads": gradients, "targets": targets}, out / f"{case}-rank{rank}.pt")
+    (out / f"failure-rank{rank}.txt").write_text(sc.failing_step())
 
 
 def resume(out: Path) -> None:

@@ -2,7 +2,8 @@
 by their global number of targets: gradient accumulation (2 x B) and two processes (DDP and FSDP,
 2 x B each) give the gradients of one process with batch 2B — for MLM, where the micro-batches
 hold different numbers of masked targets, and causal LM; self-learning and KI from a cached and
-an online teacher. FSDP training resumes bit for bit."""
+an online teacher. A rank that cannot run a step stops every rank in it. FSDP training resumes
+bit for bit."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ def test_two_processes_give_the_gradient_of_one_with_twice_the_batch(
             assert_same_gradients(rank["grads"], reference[case])
         for name, grad in ranks[0]["grads"].items():  # synchronised: equal on both ranks
             assert torch.equal(grad, ranks[1]["grads"][name]), name
+    # Rank 1 cannot run a step: both ranks stop in that step's first collective.
+    failures = [(tmp_path / f"failure-rank{r}.txt").read_text() for r in (0, 1)]
+    assert "process 1 cannot run this step" in failures[0]
+    assert "vocabulary mismatch" in failures[1] and "token id 300" in failures[1]
 
 
 @pytest.mark.slow
