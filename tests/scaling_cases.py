@@ -206,3 +206,20 @@ def train_digest(root: Path, crash_at: int | None = None, resume: bool = False) 
             raise
         return None
     return state_digest(load_model(root / "model").state_dict())
+
+
+def shared_from_main() -> dict[str, str]:
+    """on_main: the main process's result reaches every rank; its error fails every rank."""
+    from lineage.distributed import on_main
+
+    state = process_state()
+    out = {"value": on_main(lambda: f"made by rank {state.process_index}", "making it")}
+
+    def fail() -> str:
+        raise ValueError("the registry is gone")
+
+    try:
+        on_main(fail, "registering it")
+    except (ValueError, LineageError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out

@@ -28,6 +28,7 @@ def grads(out: Path, caches_root: Path, batch: int) -> None:
         gradients, targets = sc.step_gradients(case, caches, batch, 1)
         torch.save({"grads": gradients, "targets": targets}, out / f"{case}-rank{rank}.pt")
     (out / f"failure-rank{rank}.txt").write_text(sc.failing_step())
+    (out / f"on-main-rank{rank}.json").write_text(json.dumps(sc.shared_from_main()))
 
 
 def resume(out: Path) -> None:

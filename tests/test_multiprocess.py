@@ -175,6 +175,7 @@ def test_multi_teacher_plan_on_two_processes(family_template: Path, tmp_path: Pa
         steps=6,
     )
     assert len({s["teacher"] for s in plan.spec["shards"]}) == 2  # both teach
+    assert plan.name == "student-literature+cs"  # as README's command names it
     w.close()
 
     args = ["train", "-m", "student", "-o", "s-plan", "--strategy", "ki", "--plan", plan.name]

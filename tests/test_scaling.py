@@ -73,6 +73,14 @@ def test_two_processes_give_the_gradient_of_one_with_twice_the_batch(
     failures = [(tmp_path / f"failure-rank{r}.txt").read_text() for r in (0, 1)]
     assert "process 1 cannot run this step" in failures[0]
     assert "vocabulary mismatch" in failures[1] and "token id 300" in failures[1]
+    # A step only the main process takes (registering a cache, storing a plan): every rank
+    # gets its result, and its error fails them all.
+    shared = [json.loads((tmp_path / f"on-main-rank{r}.json").read_text()) for r in (0, 1)]
+    assert shared[0]["value"] == shared[1]["value"] == "made by rank 0"
+    assert shared[0]["error"] == "ValueError: the registry is gone"
+    assert shared[1]["error"] == (
+        "LineageError: registering it failed on the main process: ValueError: the registry is gone"
+    )
 
 
 @pytest.mark.slow
