@@ -80,7 +80,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run of --output.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
+    """Train a model: SL, KI with a teacher, or a plan (GPU when present; several processes under
+    torchrun or accelerate launch: README, Scaling out)."""
     from lineage.train.trainer import TrainConfig
     from lineage.train.training import TrainJob, run_training
 
