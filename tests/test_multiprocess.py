@@ -1,6 +1,7 @@
 """`lineage` on two CPU processes (gloo), started exactly as README's "Scaling out" says:
 ``torchrun --nproc_per_node 2 --master_port P -m lineage.cli ...`` and ``accelerate launch
---config_file configs/fsdp.yaml ...``. Each job leaves one model, one MLflow run, one set of edges
+--config_file configs/fsdp.yaml ...``: training (SL, KI from a cache, a two-teacher plan, FSDP),
+cache building and adaptation. Each job leaves one model, one MLflow run, one set of edges
 and one JSON document on stdout, and both ranks end with the same weights — those saved. A rank
 killed with SIGKILL fails the job everywhere (records FAILED, nothing registered) and
 ``--resume`` then finishes it with the weights of an uninterrupted run, bit for bit."""
@@ -125,7 +126,7 @@ def kill_rank_one_after_a_checkpoint(ws: Path, args: list[str]) -> int:
     return step
 
 
-def test_cache_built_on_two_processes_then_ki_from_it(
+def test_cache_built_on_two_processes_then_ki_from_it_then_adapted(
     family_template: Path, tmp_path: Path
 ) -> None:
     ws = workspace(family_template, tmp_path / "ws")
@@ -158,6 +159,18 @@ def test_cache_built_on_two_processes_then_ki_from_it(
     edges = w.registry.edges("s-ki")
     assert [(e.parent, e.kind) for e in edges] == [("teacher-lit", "ki")]
     assert len(w.registry.caches("teacher-lit")) == len(caches)  # trained from those caches
+    w.close()
+
+    args = ["adapt", "s-ki", "-d", "bio", "--strategy", "sl", "-o", "s-bio", "--steps", "4"]
+    args += ["--eval-every", "2", "--checkpoint-every", "2"]
+    (adapted,) = succeeded(lineage(ws, *args, *TRAIN, digests=tmp_path / "d-adapt"))
+    assert adapted["model"] == "s-bio" and "forgetting/cs" in adapted["forgetting"]
+    summary = {"model": {"name": adapted["model"]}, "run_id": adapted["run_id"]}
+    w = assert_one_result(ws, "s-bio", summary, tmp_path / "d-adapt")
+    assert [(e.parent, e.kind) for e in w.registry.edges("s-bio")] == [("s-ki", "adapt")]
+    client = MlflowClient(w.tracking_uri)
+    assert len(client.get_metric_history(adapted["run_id"], "forgetting/cs")) == 1  # rank 0's
+    assert len(w.registry.evaluations(model="s-bio")) == len(adapted["final"])
     w.close()
 
 
