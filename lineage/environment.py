@@ -106,6 +106,7 @@ class Report:
     packages: dict[str, str | None]
     device: str
     cuda: str | None
+    processes: str  # world size, rank and backend when launched by torchrun/accelerate
     lock: str | None
     drift: list[str]
 
@@ -125,6 +126,7 @@ def device_summary() -> tuple[str, str | None]:
 
 def report(lock_path: Path | None = None) -> Report:
     from lineage import __version__
+    from lineage.distributed import launch_summary
 
     lock_path = lock_path or find_lock()
     drift = [str(d) for d in lock_drift(read_lock(lock_path))] if lock_path else []
@@ -136,6 +138,7 @@ def report(lock_path: Path | None = None) -> Report:
         packages={p: installed_version(p) for p in KEY_PACKAGES},
         device=device,
         cuda=cuda,
+        processes=launch_summary(),
         lock=str(lock_path) if lock_path else None,
         drift=drift,
     )

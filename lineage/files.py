@@ -43,22 +43,35 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite:
         raise LineageError(f"{final} already exists (refusing to overwrite it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_dir_beside(final)
     tmp.mkdir()
     try:
         yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A fresh hidden name beside ``final`` (same filesystem: the rename is atomic); its parent
+    is created, the folder itself is not."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Flush ``tmp``'s files and rename it to ``final``; an existing ``final`` is swapped out
+    (renamed aside, then deleted), so readers never see a mixture of old and new files."""
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def _fsync_tree(root: Path) -> None:

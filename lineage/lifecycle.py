@@ -28,6 +28,7 @@ from lineage.corpora.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
 from lineage.inherit.teachers import ensure_cache
@@ -416,9 +417,6 @@ def build_caches(
 ) -> list[Cache]:
     """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
     one job (an MLflow run and a registry run, FAILED with the error if anything raises)."""
-    import torch
-    from accelerate import PartialState
-
     reg = ws.registry
     teacher = reg.model(teacher_name)
     for domain in domains:
@@ -427,7 +425,7 @@ def build_caches(
     params["block_size"] = block_size
     if teacher.objective == "mlm":
         params["mask_probability"] = mask_probability
-    main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    main = process_state().is_main_process
     tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
     tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
     with recorded(reg, "cache", tracker, config=params, main=main):

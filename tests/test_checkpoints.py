@@ -18,6 +18,7 @@ from lineage.train.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    remove_partial,
     save_checkpoint,
 )
 
@@ -135,6 +136,8 @@ def test_latest_skips_bad_and_incomplete_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "step-00000002" / "scheduler.pt").write_bytes(b"")
     with pytest.raises(LineageError, match="no valid checkpoint"):
         latest_checkpoint(tmp_path)
+    assert remove_partial(tmp_path) == [tmp_path / ".step-00000008.tmp-1234"]
+    assert not (tmp_path / ".step-00000008.tmp-1234").exists() and newest.is_dir()
 
 
 def test_keep_last_n(tmp_path: Path) -> None:
@@ -142,6 +145,25 @@ def test_keep_last_n(tmp_path: Path) -> None:
         save(tmp_path, step, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_checkpoint_lists_files_in_sub_folders_and_verifies_them(tmp_path: Path) -> None:
+    """Sharded state (FSDP) lives in sub-folders; the manifest covers it like the rest."""
+    path = save(tmp_path, 1)
+    manifest = (path / "manifest.json").read_text()
+    assert '"rng.pt"' in manifest and '"state.json"' in manifest
+    state = load_checkpoint(path, model=Tied())
+    assert state.step == 1
+    shard = path / "pytorch_model_fsdp_0" / "__0_0.distcp"
+    shard.parent.mkdir()
+    shard.write_bytes(b"x")
+    from lineage.train.checkpoints import _write_manifest, verify_checkpoint
+
+    _write_manifest(path, 1)
+    assert "pytorch_model_fsdp_0/__0_0.distcp" in verify_checkpoint(path)["files"]
+    shard.write_bytes(b"y")
+    with pytest.raises(LineageError, match="corrupted"):
+        verify_checkpoint(path)
 
 
 def test_model_must_fit(tmp_path: Path) -> None:

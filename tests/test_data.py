@@ -177,3 +177,29 @@ def test_ranks_get_disjoint_slices_of_the_same_shard() -> None:
         parts = [next(s) for s in ranks]
         assert parts[0].shard == parts[1].shard == whole.shard
         assert torch.equal(torch.cat([p.input_ids for p in parts]), whole.input_ids)
+
+
+def test_masks_follow_the_stream_not_the_batching() -> None:
+    """2 ranks x 4 blocks, 4 blocks drawn twice and 8 blocks at once mask the same blocks the
+    same way (MLM), so data parallelism and gradient accumulation see one process's data."""
+    shard = [BlockShard("a", blocks_array(30, seed=1), "mlm", INFO)]
+    single = MixtureSampler(shard, batch_size=8, seed=3)
+    ranks = [MixtureSampler(shard, batch_size=4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    halves = MixtureSampler(shard, batch_size=4, seed=3)
+    for _ in range(5):
+        whole = next(single)
+        for parts in ([next(s) for s in ranks], [next(halves), next(halves)]):
+            assert torch.equal(torch.cat([p.input_ids for p in parts]), whole.input_ids)
+            assert torch.equal(torch.cat([p.labels for p in parts]), whole.labels)
+    assert (whole.labels != IGNORE_INDEX).any()
+
+
+def test_a_sampler_state_saved_before_samples_were_counted_still_resumes() -> None:
+    sampler = MixtureSampler(_shards(), batch_size=4, seed=7)
+    _draw(sampler, 6)
+    state = sampler.state_dict()
+    expected = _draw(sampler, 5)
+    old = {k: v for k, v in state.items() if k != "samples"}
+    resumed = MixtureSampler(_shards(), batch_size=4, seed=7)
+    resumed.load_state_dict(old)
+    assert resumed.samples == 24 and _same(_draw(resumed, 5), expected)

@@ -62,6 +62,7 @@ def test_doctor_reports_versions_stores_and_the_lock(tmp_path: Path) -> None:
     assert data["registry_url"].startswith("sqlite:///")
     assert data["schema_revision"].startswith(head_revision())
     assert data["tracking_uri"] and data["device"].startswith(("cpu", "cuda"))
+    assert data["processes"] == "1 process (no multi-process launcher)"
     text = runner.invoke(app, ["-w", str(ws), "doctor"]).output
     assert "transformers" in text and "matches" in text
 

@@ -21,6 +21,7 @@ STAGES: dict[str, int] = {
     "lineage.files": 0,
     "lineage.config": 0,
     "lineage.environment": 0,
+    "lineage.distributed": 0,
     "lineage.registry": 1,
     "lineage.migrations": 1,  # migrations/ ships as lineage.migrations: the registry's schema
     "lineage.workspace": 2,

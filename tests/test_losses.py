@@ -162,6 +162,38 @@ def test_chunked_equals_unchunked(chunk: int | None) -> None:
     torch.testing.assert_close(g_many, g_one)
 
 
+@pytest.mark.parametrize("mode", ["full", "topk"])
+def test_normaliser_divides_the_sum_of_the_per_target_terms(mode: str) -> None:
+    """Pieces with different target counts, each normalised by the count of the whole, add up
+    to the loss and gradient of the whole (what gradient accumulation and DDP rely on)."""
+    z, t, y, ti, tv = _data(19, lead=(6, 5))
+    teacher = {"teacher_logits": t} if mode == "full" else {}
+    kw = {"alpha": 0.3, "temperature": 2.0}
+    whole, g_whole = _grad(lambda x: ki_loss(x, y, **kw, **(teacher or _topk(ti, tv))).total, z)
+    n = int((y != -100).sum())
+    pieces = [slice(0, 1), slice(1, 4), slice(4, 6)]  # rows holding different target counts
+    assert len({int((y[p] != -100).sum()) for p in pieces}) > 1
+    total, grads = torch.zeros(()), []
+    for p in pieces:
+        piece_teacher = {"teacher_logits": t[p]} if mode == "full" else _topk(ti[p], tv[p])
+        out, grad = _grad(
+            lambda x, p=p, pt=piece_teacher: ki_loss(x, y[p], normaliser=n, **kw, **pt).total,
+            z[p],
+        )
+        total, grads = total + out, [*grads, grad]
+    torch.testing.assert_close(total, whole)
+    torch.testing.assert_close(torch.cat(grads), g_whole)
+    # The logged terms stay each piece's own means.
+    out = ki_loss(z[:1], y[:1], normaliser=n, **kw, **_topk(ti[:1], tv[:1]))
+    ref = ki_loss(z[:1], y[:1], **kw, **_topk(ti[:1], tv[:1]))
+    assert out.self_loss == ref.self_loss and out.ki_loss == ref.ki_loss
+    torch.testing.assert_close(out.total * n, ref.total * out.n_targets)
+
+
+def _topk(ti: Tensor, tv: Tensor) -> dict[str, Tensor]:
+    return {"teacher_topk_indices": ti, "teacher_topk_logits": tv}
+
+
 def test_all_masked_is_zero_with_zero_grad() -> None:
     z, t, y, _, _ = _data(7)
     y = torch.full_like(y, -100)
@@ -289,6 +321,8 @@ def test_bad_arguments() -> None:
         ki_loss(z, y, alpha=0.5, teacher_logits=t[:, :-1])
     with pytest.raises(ValueError, match="broadcast"):
         ki_loss(z, y, alpha=torch.ones(4), teacher_logits=t)
+    with pytest.raises(ValueError, match="normaliser"):
+        ki_loss(z, y, alpha=0.0, normaliser=0.0)
 
 
 def test_second_backward_is_refused() -> None:

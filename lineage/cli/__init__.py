@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -17,6 +22,7 @@ from lineage.cli.doctor import doctor
 from lineage.cli.grow import grow
 from lineage.cli.train import train
 from lineage.cli.ui import ui
+from lineage.distributed import launch_rank
 from lineage.files import atomic_write_text
 from lineage.registry.graph import FORMATS, PICTURE_FORMATS, render
 from lineage.workspace import ENV_VAR, Workspace
@@ -152,6 +158,7 @@ def main() -> None:
     # lineage draws its own progress bars; transformers' per-file load/save bars are noise here.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     quiet_libraries()
+    _process_setup(launch_rank())
     app(prog_name="lineage")
 
 
@@ -159,3 +166,32 @@ def quiet_libraries() -> None:
     """MLflow logs INFO lines (creating its tracking database, ...) that say nothing to a lineage
     user; its own setting keeps warnings and errors (a value the user exported wins)."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _process_setup(rank: int) -> None:
+    """One voice per job, also under ``torchrun``/``accelerate launch``: only rank 0 writes to
+    standard output (one table, one JSON document); lineage's log lines go to standard error
+    (rank 0's from INFO, the others' warnings and errors). SIGTERM — what torchrun sends every
+    rank once one has failed — interrupts like Ctrl-C, so the job's records end KILLED."""
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(f"lineage{f' [rank {rank}]' if rank else ''}: %(message)s")
+    )
+    logger = logging.getLogger("lineage")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Raise KeyboardInterrupt, unless an error is being handled right now — a job closing its
+    records as FAILED because a peer process died, when torchrun's SIGTERM typically arrives:
+    interrupting that would leave them RUNNING. Then the signal comes again a second later."""
+    if sys.exception() is not None:
+        again = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        return
+    raise KeyboardInterrupt

@@ -77,6 +77,7 @@ def _lines(data: dict[str, Any]) -> list[str]:
         ("python", f"{data['python']} ({data['platform']})"),
         *((name, version or "not installed") for name, version in data["packages"].items()),
         ("device", data["device"]),
+        ("processes", data["processes"]),
     ]
     if data["workspace"]:
         rows += [

@@ -85,7 +85,8 @@ def train(
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train a model: SL, KI with a teacher, or a plan (GPU when present; `accelerate launch` works)."""
+    """Train a model: SL, KI with a teacher, or a plan (GPU when present; several processes under
+    torchrun or accelerate launch: README, Scaling out)."""
     from lineage.train.trainer import TrainConfig
     from lineage.train.training import TrainJob, run_training
 

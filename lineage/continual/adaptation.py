@@ -25,6 +25,7 @@ from lineage.continual.forgetting import (
     domain_forgetting,
     forgetting_metrics,
 )
+from lineage.distributed import on_main
 from lineage.errors import LineageError
 from lineage.inherit.plans import compatible_teachers, create_plan, load_plan
 from lineage.inherit.schedules import SCHEDULE_KINDS
@@ -141,18 +142,21 @@ def _plan_for(ws: Workspace, job: AdaptJob, base: Model, domains: tuple[str, ...
     candidates = list(job.teachers) or teacher_candidates(ws, base)
     if not candidates:
         raise LineageError(f"no registered model shares {base.name!r}'s tokenizer to teach it")
-    plan = create_plan(
-        ws,
-        student=base.name,
-        domains=domains,
-        teachers=candidates,
-        steps=job.config.steps,
-        schedule=job.schedule,
-        schedule_params=job.schedule_params,
-        temperature=job.config.temperature,
-        top_k=job.top_k,
-    )
-    return plan.name
+
+    def plan() -> str:  # stored by the main process alone; every rank trains by it
+        return create_plan(
+            ws,
+            student=base.name,
+            domains=domains,
+            teachers=candidates,
+            steps=job.config.steps,
+            schedule=job.schedule,
+            schedule_params=job.schedule_params,
+            temperature=job.config.temperature,
+            top_k=job.top_k,
+        ).name
+
+    return on_main(plan, f"planning the teachers of {', '.join(domains)}")
 
 
 def study_name(job: AdaptJob, domains: tuple[str, ...]) -> str:

@@ -100,6 +100,9 @@ def mlm_mask(
     return masked, labels
 
 
+Masking = torch.Generator | Sequence[torch.Generator]  # one for a batch, or one per block
+
+
 class ShardSource(Protocol):
     """Where the sampler draws a shard's batches from: plain token blocks or a teacher cache."""
 
@@ -110,8 +113,9 @@ class ShardSource(Protocol):
         """Number of blocks in the shard."""
         ...
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator) -> Batch:
-        """The batch made of these block indices (``generator`` drives dynamic masking)."""
+    def batch(self, indices: Sequence[int], generator: Masking) -> Batch:
+        """The batch made of these block indices (``generator`` drives dynamic masking: one
+        generator for the batch, or one per block)."""
         ...
 
 
@@ -274,15 +278,27 @@ class BlockShard:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator) -> Batch:
-        """Blocks ``indices`` as a batch: input_ids/labels [len(indices), block_size]."""
-        ids = torch.from_numpy(self.blocks[np.asarray(indices)].astype(np.int64))
+    def batch(self, indices: Sequence[int], generator: Masking) -> Batch:
+        """Blocks ``indices`` as a batch: input_ids/labels [len(indices), block_size]. MLM
+        masks come from ``generator``, or block i's from ``generator[i]`` given one per block."""
+        ids = torch.from_numpy(self.blocks[np.asarray(indices, dtype=np.int64)].astype(np.int64))
         if self.objective == "clm":
             return Batch(
                 input_ids=ids, labels=causal_targets(ids), shard=self.name, teacher=self.teacher
             )
+        if isinstance(generator, torch.Generator):
+            masked, labels = self._mask(ids, generator)
+        else:
+            if len(generator) != len(ids):
+                raise LineageError(f"{len(generator)} mask generators for {len(ids)} blocks")
+            pairs = [self._mask(ids[i : i + 1], g) for i, g in enumerate(generator)]
+            masked = torch.cat([m for m, _ in pairs]) if pairs else ids.clone()
+            labels = torch.cat([lab for _, lab in pairs]) if pairs else torch.full_like(ids, -100)
+        return Batch(input_ids=masked, labels=labels, shard=self.name, teacher=self.teacher)
+
+    def _mask(self, ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         assert self.tokenizer.mask_id is not None
-        masked, labels = mlm_mask(
+        return mlm_mask(
             ids,
             generator,
             mask_token_id=self.tokenizer.mask_id,
@@ -290,7 +306,6 @@ class BlockShard:
             special_ids=self._special,
             probability=self.mask_probability,
         )
-        return Batch(input_ids=masked, labels=labels, shard=self.name, teacher=self.teacher)
 
 
 def _mix(*parts: int | str) -> int:
@@ -306,9 +321,12 @@ class MixtureSampler:
     sizes) by a generator seeded from ``(seed, i)``; its blocks are the next ``batch_size`` of
     that shard's current epoch permutation (seeded from ``(seed, shard, epoch)``), continuing
     into the next epoch at the end. Every rank draws the same shard and a different slice
-    (rank r takes slots r·B … (r+1)·B − 1 of each world_size·B group). Masking uses a generator
-    seeded from ``(seed, rank, i)``. So the whole state is ``i`` plus each shard's
-    (epoch, position): :meth:`state_dict` is small JSON and resuming is exact.
+    (rank r takes slots r·B … (r+1)·B − 1 of each world_size·B group). The s-th block of the
+    stream (counted over all ranks) is masked by a generator seeded from ``(seed, s)``, so W
+    ranks × B blocks, or B blocks accumulated W times, see exactly the data of one process ×
+    W·B blocks (with one shard; with several, each batch still comes from one shard). The whole
+    state is ``i``, ``s`` and each shard's (epoch, position): :meth:`state_dict` is small JSON
+    and resuming is exact.
     """
 
     def __init__(
@@ -340,6 +358,7 @@ class MixtureSampler:
         self.world_size = world_size
         self.probabilities = np.asarray(raw) / sum(raw)
         self.index = 0  # batches drawn so far
+        self.samples = 0  # blocks drawn so far, over all ranks
         self._epoch = [0] * len(shards)
         self._pos = [0] * len(shards)
         self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}  # shard -> (epoch, permutation)
@@ -351,10 +370,15 @@ class MixtureSampler:
         choice = np.random.default_rng(_mix(self.seed, "shard", self.index))
         k = int(choice.choice(len(self.shards), p=self.probabilities))
         group = self._take(k, self.batch_size * self.world_size)
-        mine = group[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        generator = torch.Generator().manual_seed(_mix(self.seed, "mask", self.rank, self.index))
+        first = self.rank * self.batch_size
+        mine = group[first : first + self.batch_size]
+        generators = [
+            torch.Generator().manual_seed(_mix(self.seed, "mask", self.samples + first + j))
+            for j in range(len(mine))
+        ]
         self.index += 1
-        return self.shards[k].batch(mine, generator)
+        self.samples += len(group)
+        return self.shards[k].batch(mine, generators)
 
     def _permutation(self, k: int, epoch: int) -> np.ndarray:
         cached = self._perm_cache.get(k)
@@ -381,6 +405,7 @@ class MixtureSampler:
         """JSON-serialisable position of the stream (same on every rank)."""
         return {
             "index": self.index,
+            "samples": self.samples,
             "seed": self.seed,
             "shards": {
                 s.name: {"epoch": e, "position": p, "size": len(s)}
@@ -405,3 +430,5 @@ class MixtureSampler:
             self._epoch[k] = int(saved["epoch"])
             self._pos[k] = int(saved["position"])
         self.index = int(state["index"])
+        # Saved before "samples" was kept: every batch then had world_size · batch_size blocks.
+        self.samples = int(state.get("samples", self.index * self.world_size * self.batch_size))

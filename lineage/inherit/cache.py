@@ -254,7 +254,7 @@ class CachedShard:
     def __len__(self) -> int:
         return len(self.cache)
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator | None = None) -> Batch:
+    def batch(self, indices: Sequence[int], generator: object = None) -> Batch:
         """Blocks ``indices`` as a Batch; ``generator`` is unused (the cache fixed the masks).
 
         -> input_ids/labels [B, T] long; topk_indices [N, K] long, topk_logits [N, K] float32,

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage.corpora.batches import IGNORE_INDEX, mlm_mask
+from lineage.distributed import broadcast, process_state
 from lineage.errors import ConflictError, LineageError
 from lineage.files import sha256_file
 from lineage.inherit.cache import (
@@ -103,8 +102,13 @@ def blocks_digest(blocks: np.ndarray) -> str:
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over the state dict (names, dtypes, shapes, bytes), in name order."""
+    return state_digest(model.state_dict())
+
+
+def state_digest(state: Mapping[str, Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
@@ -314,7 +318,7 @@ def build_cache(
     range of MLM's random replacement tokens (default: the teacher's vocabulary). The teacher is
     moved to ``device`` (default: this rank's) and run in eval mode, bf16 autocast on CUDA.
     """
-    state = PartialState(cpu=not torch.cuda.is_available())  # else CPU ranks run as one each
+    state = process_state()  # CPU ranks on gloo (else each would build the whole cache alone)
     _check_blocks(blocks)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -361,15 +365,14 @@ def build_cache(
     return _read_manifest(out_dir)
 
 
-def _shared_tmp_dir(out_dir: Path, state: PartialState) -> Path:
+def _shared_tmp_dir(out_dir: Path, state: Any) -> Path:
     """A fresh temp dir beside ``out_dir`` (same filesystem, so the final rename is atomic)."""
     # Not mkdtemp: its 0700 mode would survive the rename and hide the cache from other users.
-    name = [str(out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.partial"))]
-    broadcast_object_list(name)
+    name = Path(broadcast(str(out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.partial"))))
     if state.is_main_process:
-        Path(name[0]).mkdir(parents=True)
+        name.mkdir(parents=True)
     state.wait_for_everyone()
-    return Path(name[0])
+    return name
 
 
 def _merge_manifest(

@@ -2,12 +2,17 @@
 
     L = mean over target positions of (1 − α)·CE(y, softmax(z)) + α·τ²·KL(P_T^τ ‖ softmax(z/τ))
 
+or, with a ``normaliser`` M, the sum of those per-target terms divided by M: a step over several
+micro-batches and processes passes the global number of targets, so the step's gradient is the
+mean over all its targets (fairseq's criterion semantics) whatever their split — with MLM the
+number of masked targets differs from one micro-batch to the next.
+
 Memory design (why a custom autograd Function). Autograd through the naive formula keeps
 several full-vocabulary float32 tensors alive until backward (log_softmax at 1 and at τ, the
 teacher distribution, the products), i.e. 3–5 × N × V × 4 bytes; ``F.cross_entropy`` alone
 keeps one (its log-softmax). Here the gradient is closed-form,
 
-    dL/dz = [(1 − α)·(softmax(z) − onehot(y)) + α·τ·(softmax(z/τ) − q)] / n,
+    dL/dz = [(1 − α)·(softmax(z) − onehot(y)) + α·τ·(softmax(z/τ) − q)] / n   (n, or M),
 
 (q: the teacher distribution at τ, scattered on the vocabulary; the top-K case has the same
 form because q sums to 1 over its K entries), so the forward pass walks the target rows
@@ -39,7 +44,7 @@ __all__ = ["KILoss", "ki_loss"]
 class KILoss:
     """The KI loss of one batch; all tensors are float32 scalars."""
 
-    total: Tensor  # scalar, differentiable w.r.t. the student logits
+    total: Tensor  # scalar, differentiable w.r.t. the student logits: Σ terms / (n or M)
     self_loss: Tensor  # scalar, detached: mean CE over targets (before the (1 − α) weight)
     ki_loss: Tensor  # scalar, detached: mean τ²·KL over targets (before the α weight)
     n_targets: int  # positions with labels != ignore_index
@@ -176,9 +181,12 @@ class _KILossFunction(torch.autograd.Function):
         teacher: _Teacher | None,
         tau: float,
         chunk: int,
+        normaliser: float | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """logits [..., V]; rows [n] (row-major flat indices of the targets); y, alpha [n]."""
+        """logits [..., V]; rows [n] (row-major flat indices of the targets); y, alpha [n];
+        the total is divided by ``normaliser`` (None: by n)."""
         n, vocab, dev = rows.shape[0], logits.shape[-1], logits.device
+        denom = float(max(n, 1) if normaliser is None else normaliser)
         need_grad = bool(ctx.needs_input_grad[0])
         grad_rows = logits.new_empty((n, vocab)) if need_grad else None
         # Float32 gradients are built right in grad_rows: one buffer fewer, no copy.
@@ -206,7 +214,7 @@ class _KILossFunction(torch.autograd.Function):
                     idx = teacher.topk_indices.reshape(-1, k)[t_rows[span]].long()
                     topk = (idx, teacher.topk_logits.reshape(-1, k)[t_rows[span]].float())
                 a = alpha[span].unsqueeze(1)
-                w_ce, w_kl = (1.0 - a) / n, a * tau / n
+                w_ce, w_kl = (1.0 - a) / denom, a * tau / denom
                 ce, kl = _chunk_terms(work, y[span], w_ce, w_kl, tau, topk, need_grad)
                 a1 = a.squeeze(1)
                 sums += torch.stack([((1.0 - a1) * ce + a1 * kl).sum(), ce.sum(), kl.sum()])
@@ -215,7 +223,8 @@ class _KILossFunction(torch.autograd.Function):
         ctx.grad_rows = grad_rows
         ctx.logits_shape = logits.shape
         ctx.save_for_backward(rows)
-        total, ce_mean, kl_mean = (sums / max(n, 1)).unbind()
+        total = sums[0] / denom
+        ce_mean, kl_mean = (sums[1:] / max(n, 1)).unbind()
         ctx.mark_non_differentiable(ce_mean, kl_mean)
         return total, ce_mean, kl_mean
 
@@ -233,7 +242,7 @@ class _KILossFunction(torch.autograd.Function):
         else:
             grad = grad_rows.new_zeros((math.prod(shape[:-1]), shape[-1]))
             grad.index_copy_(0, rows, grad_rows)
-        return grad.view(shape), None, None, None, None, None, None
+        return grad.view(shape), None, None, None, None, None, None, None
 
 
 def _alpha_rows(alpha: float | Tensor, lead: torch.Size, mask: Tensor, dev: torch.device) -> Tensor:
@@ -308,6 +317,7 @@ def ki_loss(
     teacher_topk_logits: Tensor | None = None,
     ignore_index: int = -100,
     chunk_size: int | None = 4096,
+    normaliser: float | None = None,
 ) -> KILoss:
     """KI loss (papers/001 Eq. 3): mean over targets of (1 − α)·CE + α·τ²·KL(P_T^τ ‖ P_S^τ).
 
@@ -324,6 +334,10 @@ def ki_loss(
         log-sum-exp at τ, gathered at the teacher's indices.
     chunk_size: target rows per work chunk (None: all at once); the float32 workspace is at
         most 4 × chunk_size × V × 4 bytes (2 for a top-K teacher at τ = 1).
+    normaliser: divide the total by this instead of the batch's own target count n (e.g. the
+        number of targets of the whole step, over micro-batches and processes: then the step's
+        gradients add up to the gradient of its global mean); ``self_loss`` and ``ki_loss``
+        stay means over n.
     With no teacher, α must be 0 (the loss is then plain cross-entropy).
     All-masked batch: every field is 0 and the gradient is zero (no NaN).
     """
@@ -338,6 +352,8 @@ def ki_loss(
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    if normaliser is not None and not (math.isfinite(normaliser) and normaliser > 0):
+        raise ValueError(f"normaliser must be a positive number, got {normaliser}")
     dev = student_logits.device
     mask = labels != ignore_index
     rows = mask.reshape(-1).nonzero().squeeze(1)  # [n] flat row-major target positions
@@ -356,5 +372,6 @@ def ki_loss(
         teacher,
         float(temperature),
         chunk_size or max(n, 1),
+        normaliser,
     )
     return KILoss(total=total, self_loss=self_loss, ki_loss=ki, n_targets=n)

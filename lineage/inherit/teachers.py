@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from lineage.corpora.blocks import ShardBlocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
+from lineage.distributed import on_main
 from lineage.errors import LineageError
 from lineage.inherit.cache import CacheMeta, LogitCache, open_cache
 from lineage.inherit.cache_build import build_cache
@@ -111,17 +112,25 @@ def ensure_cache(
         progress=progress,
         mask_probability=mask_probability,
     )
-    try:
-        ws.registry.add_cache(
-            str(path),
-            teacher.name,
-            top_k,
-            {"n_blocks": manifest.n_blocks, "n_targets": manifest.n_targets, "shard": blocks.key},
-            blocks.shard.domain,
-        )
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # an unregistered cache would never be listed
-        raise
+
+    def register() -> None:  # the main process alone writes the registry
+        try:
+            ws.registry.add_cache(
+                str(path),
+                teacher.name,
+                top_k,
+                {
+                    "n_blocks": manifest.n_blocks,
+                    "n_targets": manifest.n_targets,
+                    "shard": blocks.key,
+                },
+                blocks.shard.domain,
+            )
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # an unregistered cache would never be listed
+            raise
+
+    on_main(register, f"registering the cache of {teacher.name!r}")
     return open_cache(path, expect=expect, verify=False)
 
 

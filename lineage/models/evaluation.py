@@ -83,7 +83,9 @@ def evaluate(
     """Perplexity of a Hugging Face LM on ``blocks`` [n, T] (the first ``max_blocks`` rows).
 
     ``tokenizer`` (mask id, specials) is required for ``objective="mlm"``. ``device`` defaults
-    to the model's. Gradients are off; the model's train/eval mode is restored afterwards.
+    to the model's. ``model`` may be a :class:`TargetLogits` wrapper — the root module a sharded
+    (FSDP) model must be called through. Gradients are off; the model's train/eval mode is
+    restored afterwards.
     The loss is the token-weighted mean, computed in float32.
     """
     if objective not in ("mlm", "clm"):
@@ -96,10 +98,11 @@ def evaluate(
     if len(blocks) == 0:
         raise LineageError("no blocks to evaluate on")
     # A DDP wrapper: score its module (no gradient sync needed).
-    lm = cast(PreTrainedModel, model.module if hasattr(model, "module") else model)
+    model = cast(nn.Module, model.module if hasattr(model, "module") else model)
+    head = model if isinstance(model, TargetLogits) else TargetLogits(cast(PreTrainedModel, model))
+    lm = cast(PreTrainedModel, head.lm)
     check_vocab(lm, int(np.max(blocks)) + 1, "the evaluation data")
     device = torch.device(device) if device is not None else _model_device(lm)
-    head = TargetLogits(lm)
     was_training = lm.training
     lm.eval()
     sums: list[torch.Tensor] = []

@@ -245,6 +245,23 @@ def load_model(
     return model
 
 
+def shardable_blocks(lm: nn.Module) -> list[str]:
+    """The model's block classes (Hugging Face's ``_no_split_modules``) that can each be an FSDP
+    unit: not those holding a tied weight (RoBERTa's embeddings share their matrix with the MLM
+    head, which lives outside them; one parameter cannot be in two units)."""
+    names = sorted(getattr(lm, "_no_split_modules", None) or [])
+    owners: dict[int, list[str]] = {}
+    for name, param in lm.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    tied = [n for found in owners.values() if len(found) > 1 for n in found]
+    holding = {
+        type(module).__name__
+        for prefix, module in lm.named_modules()
+        if prefix and any(t.startswith(prefix + ".") for t in tied)
+    }
+    return [n for n in names if n not in holding]
+
+
 class TargetLogits(nn.Module):
     """Wraps a Hugging Face LM so only the target positions go through the output head.
 
@@ -262,6 +279,8 @@ class TargetLogits(nn.Module):
         super().__init__()
         self.lm = lm
         self.fp32_head = fp32_head
+        # FSDP's auto-wrap policy reads the blocks to shard from the module it is given.
+        self._no_split_modules = shardable_blocks(lm)
         prefix = getattr(lm, "base_model_prefix", None)  # None: not a Hugging Face LM
         heads = [name for name, _ in lm.named_children() if name != prefix]
         found = prefix is not None and len(heads) == 1 and lm.base_model is not lm

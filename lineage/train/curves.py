@@ -91,3 +91,21 @@ def log_run_curves(
         return
     tracker.log_text(evaluation_table(history), TABLE_FILE)
     tracker.log_figure(curves_figure(history, targets, sources, title=title), FIGURE_FILE)
+
+
+def forgetting_since(
+    start: dict[str, float], row: dict[str, float], sources: tuple[str, ...]
+) -> dict[str, float]:
+    """Forgetting on each source domain d between two evaluation rows: ``forgetting/<d>`` =
+    PPL now − PPL at ``start`` (> 0: forgotten), ``forgetting_ratio/<d>`` = their ratio, and
+    ``backward_transfer`` = −mean Δ (lineage.continual.forgetting's measures for one run)."""
+    out: dict[str, float] = {}
+    for d in sources:
+        before, now = start.get(f"ppl/{d}"), row.get(f"ppl/{d}")
+        if before is not None and now is not None and before > 0:
+            out[f"forgetting/{d}"] = now - before
+            out[f"forgetting_ratio/{d}"] = now / before
+    deltas = [v for k, v in out.items() if k.startswith("forgetting/")]
+    if deltas:
+        out["backward_transfer"] = -sum(deltas) / len(deltas)
+    return out

@@ -4,6 +4,10 @@
 resume, then per step micro-steps with the KI loss, the optimizer step (two-stage sub-models
 included), evaluation, logging and checkpoints. The optimisation pieces it uses — AdamW
 parameter groups, the learning-rate schedule, Alg. 2's frozen parameters — are here too.
+
+A step's loss is the sum of its per-target terms over all its micro-batches and processes
+divided by their global number of targets (``lineage.train.parallel.global_targets``), so
+gradient accumulation and data parallelism give the gradient of one large batch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from transformers import PreTrainedModel
 
 from lineage.corpora.batches import IGNORE_INDEX, Batch
 from lineage.corpora.tokenizer import TokenizerInfo, save_tokenizer
+from lineage.distributed import on_main
 from lineage.errors import LineageError
 from lineage.growth.maps import family_of
 from lineage.growth.twostage import submodel_layers, trainable_layer_range, truncate_depth
@@ -36,9 +41,19 @@ from lineage.train.checkpoints import (
     atomic_dir,
     latest_checkpoint,
     load_checkpoint,
+    remove_partial,
     save_checkpoint,
 )
 from lineage.train.config import AutoSample, RateSchedule, TrainConfig
+from lineage.train.curves import forgetting_since
+from lineage.train.parallel import (
+    fill_deepspeed_auto,
+    full_state_dict,
+    global_targets,
+    is_sharded,
+    make_accelerator,
+    reduce_sums,
+)
 from lineage.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -89,26 +104,6 @@ def stage_one_frozen(model: PreTrainedModel, depth: int, l_b: int) -> list[nn.Pa
     return [p for p in model.parameters() if id(p) not in keep]
 
 
-def _mixed_precision(precision: str) -> str:
-    if precision == "auto":
-        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bf16" if cuda_bf16 else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-
-
-def _make_accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin
-
-    plugin = GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False)
-    try:
-        return Accelerator(
-            mixed_precision=_mixed_precision(config.precision), gradient_accumulation_plugin=plugin
-        )
-    except ValueError as exc:  # the process-wide state was set up with another precision
-        raise LineageError(f"cannot set up Accelerate: {exc}") from exc
-
-
 def _tokenizer_info(tokenizer: Any, sampler: Any) -> TokenizerInfo | None:
     """From the tokenizer, else from the sampler's block shards (they carry one)."""
     if tokenizer is not None:
@@ -121,41 +116,30 @@ def _tokenizer_info(tokenizer: Any, sampler: Any) -> TokenizerInfo | None:
 
 @dataclass
 class Window:
-    """Sums over the steps since the last log line; values stay on the device until read
-    (converting each step would synchronise the GPU every micro-batch)."""
+    """Weighted sums over the steps since the last log line; values stay on the device until
+    read (converting each step would synchronise the GPU every micro-batch)."""
 
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
     sums: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
 
-    def add(self, key: str, value: torch.Tensor | float) -> None:
+    def add(self, key: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
+        """Add ``value`` (a sum over ``weight`` items: a loss summed over its targets)."""
         if isinstance(value, torch.Tensor):
             value = value.detach().float()
         self.sums[key] = self.sums.get(key, 0.0) + value
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.weights[key] = self.weights.get(key, 0.0) + weight
 
-    def means(self) -> dict[str, float]:
-        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
-
-
-def forgetting_since(
-    start: dict[str, float], row: dict[str, float], sources: tuple[str, ...]
-) -> dict[str, float]:
-    """Forgetting on each source domain d between two evaluation rows: ``forgetting/<d>`` =
-    PPL now − PPL at ``start`` (> 0: forgotten), ``forgetting_ratio/<d>`` = their ratio, and
-    ``backward_transfer`` = −mean Δ (lineage.continual.forgetting's measures for one run)."""
-    out: dict[str, float] = {}
-    for d in sources:
-        before, now = start.get(f"ppl/{d}"), row.get(f"ppl/{d}")
-        if before is not None and now is not None and before > 0:
-            out[f"forgetting/{d}"] = now - before
-            out[f"forgetting_ratio/{d}"] = now / before
-    deltas = [v for k, v in out.items() if k.startswith("forgetting/")]
-    if deltas:
-        out["backward_transfer"] = -sum(deltas) / len(deltas)
-    return out
+    def means(self, acc: Any = None) -> dict[str, float]:
+        """Sum / weight per key, over every process when given their accelerator."""
+        sums, weights = (
+            reduce_sums(acc, self.sums, self.weights)
+            if acc is not None
+            else ({k: float(v) for k, v in self.sums.items()}, self.weights)
+        )
+        return {k: v / weights[k] for k, v in sums.items() if weights[k] > 0}
 
 
 class Loop:
@@ -172,8 +156,9 @@ class Loop:
         self.auto_samples: dict[str, AutoSample] = dict(kw["auto_samples"] or {})
         self.tokenizer = kw["tokenizer"]
         self.info = _tokenizer_info(self.tokenizer, sampler)
-        self.acc = kw["accelerator"] or _make_accelerator(config)
+        self.acc = kw["accelerator"] or make_accelerator(config)
         self.main = bool(self.acc.is_main_process)
+        self.sharded = is_sharded(self.acc)
         self.tracker: Tracker = kw["tracker"] if self.main else NullTracker()
         # A PEFT model trains its base in place (the LoRA layers live there) and saves itself.
         self.exported: nn.Module = model
@@ -221,6 +206,8 @@ class Loop:
             submodel_layers(self.model.config.num_hidden_layers, self.config.two_stage_layers)
             if self.acc.num_processes > 1:  # DDP expects every parameter in every step
                 raise LineageError("two-stage training runs in one process only")
+        if self.sharded and self.exported is not self.model:
+            raise LineageError("LoRA adapters train under one process or DDP, not FSDP/DeepSpeed")
         for name, schedule in self.schedules.items():
             if hasattr(schedule, "observe") and name not in self.auto_samples:
                 raise LineageError(f"automatic schedule for {name!r} needs a held-out sample")
@@ -245,22 +232,32 @@ class Loop:
             param_groups(self.model, c.weight_decay), lr=c.lr, betas=c.betas, eps=c.eps
         )
         self.scheduler = lr_scheduler(optimizer, c)
+        fill_deepspeed_auto(self.acc, c)
         self.wrapper, self.optimizer = self.acc.prepare(TargetLogits(self.model), optimizer)
         for teacher in self.teachers.values():
             teacher.to(self.acc.device).eval().requires_grad_(False)
 
     def resume(self, checkpoint_dir: Path) -> int | None:
         """Load the newest valid checkpoint; returns its step (None: nothing to resume)."""
-        path = latest_checkpoint(checkpoint_dir)
-        if path is None:
+
+        # The main process picks (and verifies) it; every rank loads the same one.
+        def newest() -> Path | None:
+            for partial in remove_partial(checkpoint_dir):
+                log.info("removed %s, a checkpoint the interrupted run did not finish", partial)
+            return latest_checkpoint(checkpoint_dir)
+
+        found = on_main(newest, "finding the checkpoint")
+        if found is None:
             log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
             return None
+        path = Path(found)
         state = load_checkpoint(  # latest_checkpoint has just verified it
             path,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             verified=True,
+            accelerator=self.acc,
         )
         self.sampler.load_state_dict(state.sampler)
         for name, saved in state.schedules.items():
@@ -305,13 +302,19 @@ class Loop:
             logits = head(batch.input_ids, batch.attention_mask, batch.labels)
         return {"teacher_logits": logits}
 
-    def micro_step(self, batch: Batch, window: Window) -> KILoss:
-        """Forward, KI loss, backward for one micro-batch; accumulates window statistics."""
-        if int(batch.input_ids.max()) >= self.vocab:
-            raise LineageError(
-                f"vocabulary mismatch: shard {batch.shard!r} holds token id "
-                f"{int(batch.input_ids.max())}, the model's embedding has {self.vocab} rows"
+    def batch_problem(self, batch: Batch) -> str | None:
+        """Why this batch cannot be trained on (None: it can)."""
+        top = int(batch.input_ids.max()) if batch.input_ids.numel() else -1
+        if top >= self.vocab:
+            return (
+                f"vocabulary mismatch: shard {batch.shard!r} holds token id {top}, the model's "
+                f"embedding has {self.vocab} rows"
             )
+        return None
+
+    def micro_step(self, batch: Batch, targets: int, window: Window) -> KILoss:
+        """Forward, KI loss, backward for one micro-batch whose step has ``targets`` targets over
+        all its micro-batches and processes; accumulates window statistics."""
         batch = batch.to(self.acc.device)
         schedule = self.schedules.get(batch.teacher) if batch.teacher else None
         alpha = float(schedule.rate(self.step)) if schedule is not None else 0.0
@@ -323,18 +326,34 @@ class Loop:
             labels,
             alpha=alpha if teacher else 0.0,
             temperature=self.config.temperature,
+            normaliser=float(max(targets, 1)),
             **teacher,
         )
-        self.acc.backward(out.total)
-        window.add("loss", out.total)
-        window.add("loss_self", out.self_loss)
+        # out.total is this micro-batch's share of the step's mean loss. Accelerate divides by
+        # grad_accum (DeepSpeed's engine does it itself) and DDP/FSDP average over the ranks:
+        # scaling by both leaves the gradient of Σ terms / targets over the whole step.
+        self.acc.backward(out.total * (self.acc.num_processes * self.config.grad_accum))
+        n = float(out.n_targets)
+        window.add("loss", out.total * max(targets, 1), n)
+        window.add("loss_self", out.self_loss * n, n)
         if batch.teacher is not None:
             window.add(f"alpha/{batch.teacher}", alpha)
         if teacher:
-            window.add("loss_ki", out.ki_loss)
-            window.add(f"loss_ki/{batch.teacher}", out.ki_loss)
+            window.add("loss_ki", out.ki_loss * n, n)
+            window.add(f"loss_ki/{batch.teacher}", out.ki_loss * n, n)
         window.tokens += batch.input_ids.numel() * self.acc.num_processes
         return out
+
+    def accumulate(self, window: Window) -> None:
+        """The step's micro-batches, forward and backward: the gradients of its global mean loss
+        are left in the parameters' ``.grad`` (synchronised across processes)."""
+        batches = [next(self.sampler) for _ in range(self.config.grad_accum)]
+        problems = [p for p in map(self.batch_problem, batches) if p is not None]
+        counts = [b.n_targets for b in batches]
+        targets = global_targets(self.acc, counts, problems[0] if problems else None)
+        for batch in batches:
+            with self.acc.accumulate(self.wrapper):
+                self.micro_step(batch, targets, window)
 
     def submodel_depth(self) -> int | None:
         """Alg. 2's first stage: this step's sub-model depth, drawn from (seed, step) alone so a
@@ -350,9 +369,7 @@ class Loop:
         start = time.perf_counter()
         depth = self.submodel_depth()
         with truncate_depth(self.model, depth) if depth else contextlib.nullcontext():
-            for _ in range(self.config.grad_accum):
-                with self.acc.accumulate(self.wrapper):
-                    self.micro_step(next(self.sampler), window)
+            self.accumulate(window)
         if depth is not None:
             if depth not in self.frozen:
                 self.frozen[depth] = stage_one_frozen(
@@ -375,6 +392,8 @@ class Loop:
 
     def _eval(self, model: nn.Module, blocks: np.ndarray) -> EvalResult:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.acc.mixed_precision)
+        if model is self.model and self.sharded:
+            model = self.wrapper  # FSDP: through the root module, which gathers the shards
         return evaluate(
             model,
             blocks,
@@ -438,38 +457,44 @@ class Loop:
         return {f"auto/{name}/student_ppl": student_ppl, f"auto/{name}/teacher_ppl": teacher.ppl}
 
     def log_window(self, window: Window) -> None:
-        metrics = window.means()
+        metrics = window.means(self.acc)  # every rank: the sums are all-reduced
         self.last_loss = metrics.get("loss", float("nan"))
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         metrics["tokens_per_s"] = window.tokens / max(window.seconds, 1e-9)
         self.tracker.log_metrics(metrics, self.step)
 
     def checkpoint(self, checkpoint_dir: Path) -> None:
-        if self.main:
-            schedules = {
-                k: s.state_dict() for k, s in self.schedules.items() if hasattr(s, "state_dict")
-            }
-            state = TrainingState(
-                self.step,
-                self.sampler.state_dict(),
-                schedules,
-                run_id=self.tracker.run_id,
-                extra={"history": self.history},
-            )
-            save_checkpoint(
-                checkpoint_dir,
-                state,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                keep=self.config.keep_checkpoints,
-            )
-        self.acc.wait_for_everyone()
+        """Every rank: its part of the checkpoint (see lineage.train.checkpoints)."""
+        schedules = {
+            k: s.state_dict() for k, s in self.schedules.items() if hasattr(s, "state_dict")
+        }
+        state = TrainingState(
+            self.step,
+            self.sampler.state_dict(),
+            schedules,
+            run_id=self.tracker.run_id,
+            extra={"history": self.history},
+        )
+        save_checkpoint(
+            checkpoint_dir,
+            state,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            keep=self.config.keep_checkpoints,
+            accelerator=self.acc,
+        )
 
     def save_model(self, out_dir: Path) -> None:
+        """The final model (safetensors) and tokenizer, written by the main process; sharded
+        weights are gathered first (every rank takes part)."""
+        state = full_state_dict(self.acc, self.wrapper, self.model) if self.sharded else None
         if self.main:
             with atomic_dir(Path(out_dir), overwrite=True) as tmp:
-                self.exported.save_pretrained(str(tmp))  # type: ignore[operator]
+                if state is not None:
+                    self.model.save_pretrained(str(tmp), state_dict=state)
+                else:
+                    self.exported.save_pretrained(str(tmp))  # type: ignore[operator]
                 if self.tokenizer is not None:
                     save_tokenizer(self.tokenizer, tmp, position_limit(self.model.config))
         self.acc.wait_for_everyone()

@@ -2,13 +2,17 @@
 
 Every job that makes something (train, adapt, grow, cache build) runs inside :func:`recorded`.
 If the job raises — before, during or after training — both records end as failed (killed on
-Ctrl-C) with the error attached: the MLflow run as FAILED with a ``lineage.error`` tag, the
-registry row as ``failed`` with its ``error``. A run is never left RUNNING by an exception.
+Ctrl-C, or SIGTERM as the CLI maps it) with the error attached: the MLflow run as FAILED with a
+``lineage.error`` tag, the registry row as ``failed`` with its ``error``. A run is never left
+RUNNING by an exception. Interrupts that arrive while the records are being closed wait until
+they are (``torchrun`` sends SIGTERM to the other ranks as soon as one fails).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,17 +58,32 @@ class JobRecord:
         self.done = True
         killed = isinstance(exc, KeyboardInterrupt)
         message = error_text(exc)
-        try:
-            self.tracker.set_tags({ERROR_TAG: message})
-            self.tracker.finish("KILLED" if killed else "FAILED")
-        except Exception as inner:  # the tracking server may be what failed
-            log.warning("could not mark the MLflow run failed: %s", inner)
-        if self.run is not None:
+        with interrupts_deferred():
             try:
-                status = "killed" if killed else "failed"
-                self.registry.finish_run(self.run.id, status=status, error=message)
-            except Exception as inner:
-                log.warning("could not mark registry run %s failed: %s", self.run.id, inner)
+                self.tracker.set_tags({ERROR_TAG: message})
+                self.tracker.finish("KILLED" if killed else "FAILED")
+            except Exception as inner:  # the tracking server may be what failed
+                log.warning("could not mark the MLflow run failed: %s", inner)
+            if self.run is not None:
+                try:
+                    status = "killed" if killed else "failed"
+                    self.registry.finish_run(self.run.id, status=status, error=message)
+                except Exception as inner:
+                    log.warning("could not mark registry run %s failed: %s", self.run.id, inner)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (not lost) in the main thread until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def error_text(exc: BaseException) -> str:

@@ -5,11 +5,12 @@ Every step computes the student's logits at the target positions only and calls
 self-learning or when the teacher's schedule has ended). The teacher signal is the batch's
 cached top-K logits or, for an online teacher, a no-grad forward on the same inputs.
 
-Hugging Face Accelerate owns devices, autocast, gradient accumulation and DDP, so the same
-code runs under ``accelerate launch``; only the main process writes checkpoints, the tracker
-and the final model. Checkpoints hold everything a run depends on (weights, optimizer,
-scheduler, RNGs, sampler position, schedule states), so a resumed run on CPU reaches the same
-weights bit for bit as an uninterrupted one.
+Hugging Face Accelerate owns devices, autocast, gradient accumulation, DDP and FSDP, so the same
+code runs under ``torchrun`` and ``accelerate launch`` (``lineage.train.parallel``); only the
+main process writes the tracker, the published checkpoints and the final model. Checkpoints hold
+everything a run depends on (weights, optimizer, scheduler, every rank's RNGs, sampler position,
+schedule states), so a resumed run on CPU reaches the same weights bit for bit as an
+uninterrupted one.
 
 Two-stage training (papers/004 Alg. 2, ``TrainConfig.two_stage_layers``): for the first
 ``two_stage_fraction`` of the steps each step runs one sub-model (the bottom l_b, 2·l_b, …
@@ -20,6 +21,7 @@ model trains.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,10 +33,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lineage.corpora.batches import Batch
+from lineage.distributed import process_info
 from lineage.errors import LineageError
 from lineage.models.evaluation import EvalResult
 from lineage.train.config import PRECISIONS, AutoSample, RateSchedule, TrainConfig, TrainResult
 from lineage.train.loop import Loop, Window, param_groups, stage_one_frozen
+from lineage.train.parallel import write_rank_digest
 from lineage.train.tracking import Tracker
 
 __all__ = [
@@ -47,6 +51,8 @@ __all__ = [
     "stage_one_frozen",
     "train",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -119,12 +125,15 @@ def train(
     )
     with _failure_status(loop.tracker):
         loop.validate()
+        if loop.main:
+            log.info("training on %s", process_info(loop.acc))
         loop.prepare()
         resumed_from = loop.resume(Path(checkpoint_dir)) if resume else None
         if resumed_from is None:
             loop.log_start()
         final = _run(loop, Path(checkpoint_dir), progress, on_step)
         loop.save_model(Path(out_dir))
+        write_rank_digest(loop.acc, loop.wrapper)
     train_time = max(loop.train_time, 1e-9)
     return TrainResult(
         step=loop.step,

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
-
 from lineage.corpora.batches import MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
+from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import AutoInheritance
@@ -117,7 +116,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     assigned += replayed
     for teacher in {a.teacher for a in assigned if a.teacher is not None}:
         check_same_vocabulary(reg.model(teacher), student)  # before any record is written
-    state = PartialState()
+    state = process_state()
     run_dir = ws.root / "runs" / job.output
     out_dir = (ws.adapters_dir if job.lora else ws.models_dir) / job.output
     if out_dir.exists():
@@ -170,7 +169,7 @@ def _train(
     progress: bool,
 ) -> tuple[TrainResult, dict[str, dict[str, Any]]]:
     """Teachers' caches, the sampler and the student; then the training loop itself."""
-    state = PartialState()
+    state = process_state()
     tokenizer = load_tokenizer(Path(student.path))
     info = TokenizerInfo.of(tokenizer)
     sources, online = shard_sources(ws, job, student, assigned, info, progress)

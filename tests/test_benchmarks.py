@@ -1,0 +1,40 @@
+"""The GPU benchmark's CPU smoke mode runs end to end, so the script cannot rot unseen: every
+phase is timed, the last line is the JSON summary, nothing is written outside its temp folder
+(and $OUT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_gpu_smoke(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["smoke"] and summary["device"] == "cpu"
+    assert {"tokenizer", "blocks", "total"} <= set(summary["phases_s"])
+    for family in ("roberta", "gpt2"):
+        modes = summary["results"][family]
+        assert modes["sl"]["tokens_per_s"] > 0 and modes["ki"]["tokens_per_s"] > 0
+        assert modes["ki_over_sl"] == pytest.approx(modes["ki"]["step_s"] / modes["sl"]["step_s"])
+        assert 0 < modes["sl"]["mfu"] < 1 and modes["sl"]["targets_per_step"] > 0
+    assert "needs 2" in summary["scaling"]["skipped"]
+    assert json.loads((tmp_path / "bench_gpu.json").read_text()) == summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_gpu.json"]  # nothing else
