@@ -315,7 +315,7 @@ def _layout(spec: CodecSpec, device: torch.device) -> _Layout:
     k, h, group = spec.top_k, spec.head, spec.gap_group
     sel_w = np.array(spec.selector_widths())
     sel_off = np.cumsum(sel_w) - sel_w
-    codes = (spec.head_code, spec.tail_code, spec.gap_code)
+    codes: tuple[ClassCode | WidthCode, ...] = (spec.head_code, spec.tail_code, spec.gap_code)
     n_cls = max(len(c.widths) for c in codes)
     widths, bases = np.zeros((3, n_cls), np.int64), np.zeros((3, n_cls), np.int64)
     for g, code in enumerate(codes):
