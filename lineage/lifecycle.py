@@ -414,15 +414,18 @@ def build_caches(
     block_size: int,
     progress: bool = True,
     mask_probability: float = 0.15,
+    format_version: int | None = None,
 ) -> list[Cache]:
     """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
-    one job (an MLflow run and a registry run, FAILED with the error if anything raises)."""
+    one job (an MLflow run and a registry run, FAILED with the error if anything raises). A
+    shard that already has a cache of at least ``top_k`` keeps it (it serves this K too);
+    ``format_version`` is that of the caches built (default: ``build_cache``'s)."""
     reg = ws.registry
     teacher = reg.model(teacher_name)
     for domain in domains:
         reg.domain(domain)
     params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}
-    params["block_size"] = block_size
+    params |= {"block_size": block_size, "format": format_version}
     if teacher.objective == "mlm":
         params["mask_probability"] = mask_probability
     main = process_state().is_main_process
@@ -434,14 +437,9 @@ def build_caches(
         for domain in domains:
             for blocks in domain_blocks(ws, domain, "train", Path(teacher.path), block_size):
                 ensure_cache(
-                    ws,
-                    teacher,
-                    blocks,
-                    top_k=top_k,
-                    lm=lm,
-                    progress=progress,
-                    mask_probability=mask_probability,
-                )
+                    ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress,
+                    mask_probability=mask_probability, format_version=format_version,
+                )  # fmt: skip
         caches = [c for c in reg.caches(teacher_name) if c.domain in set(domains)]
         tracker.log_metrics({"caches": len(caches)}, step=0)
     return caches

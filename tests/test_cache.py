@@ -1,4 +1,5 @@
-"""The teacher top-K logit cache: round trips against a fresh forward, masks, refusals."""
+"""The teacher top-K logit cache, formats 1 (plain arrays) and 2 (coded rows): round trips
+against a fresh forward, masks, serving a smaller K, refusals of corrupted or other caches."""
 
 from __future__ import annotations
 
@@ -15,15 +16,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForM
 from lineage.corpora.batches import IGNORE_INDEX, causal_targets
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.inherit import cache_build as cache_mod
-from lineage.inherit.cache import ARRAYS, CacheMeta, MaskSpec, open_cache
-from lineage.inherit.cache_build import (
-    block_targets,
-    blocks_digest,
-    build_cache,
-    index_dtype,
-    teacher_topk,
-    weights_digest,
-)
+from lineage.inherit import cache_parts
+from lineage.inherit.cache import CacheMeta, MaskSpec, open_cache, part_arrays
+from lineage.inherit.cache_build import blocks_digest, build_cache, weights_digest
+from lineage.inherit.cache_parts import block_targets, index_dtype, teacher_topk
+from lineage.inherit.codec import DEFAULT_STEP
 from lineage.inherit.losses import ki_loss
 
 V, T, N_BLOCKS = 300, 16, 10
@@ -64,17 +61,20 @@ def build_clm(teacher: torch.nn.Module, blocks: np.ndarray, out: Path, **kw) -> 
     return build_cache(teacher, blocks, out, objective="clm", meta=META, progress=False, **kw)
 
 
-@pytest.fixture(scope="module")
-def mlm_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RobertaForMaskedLM]:
+FORMATS = [pytest.param(1, id="v1"), pytest.param(2, id="v2")]
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def mlm_cache(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RobertaForMaskedLM]:
     teacher, out = roberta(), tmp_path_factory.mktemp("mlm") / "cache"
-    build_mlm(teacher, make_blocks(), out, batch_size=4)
+    build_mlm(teacher, make_blocks(), out, batch_size=4, format_version=request.param)
     return out, teacher
 
 
-@pytest.fixture(scope="module")
-def clm_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT2LMHeadModel]:
+@pytest.fixture(scope="module", params=FORMATS)
+def clm_cache(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT2LMHeadModel]:
     teacher, out = gpt2(), tmp_path_factory.mktemp("clm") / "cache"
-    build_clm(teacher, make_blocks(), out, batch_size=3)
+    build_clm(teacher, make_blocks(), out, batch_size=3, format_version=request.param)
     return out, teacher
 
 
@@ -85,15 +85,21 @@ def fresh_target_logits(teacher: torch.nn.Module, input_ids: torch.Tensor, label
 
 
 def assert_topk_matches(batch, fresh: torch.Tensor, k: int) -> None:
-    assert batch.topk_indices.dtype == torch.int64 and batch.topk_logits.dtype == torch.float32
-    assert batch.topk_indices.shape == (batch.n_targets, k) == batch.topk_logits.shape
-    # Values: the K largest, descending, within fp16 rounding; and they sit at the stored ids.
-    ref = fresh.topk(k, dim=-1).values
-    torch.testing.assert_close(batch.topk_logits, ref, atol=1e-2, rtol=1e-3)
-    torch.testing.assert_close(
-        fresh.gather(1, batch.topk_indices), batch.topk_logits, atol=1e-2, rtol=1e-3
-    )
-    assert torch.all(batch.topk_logits[:, :-1] >= batch.topk_logits[:, 1:])
+    """The batch's teacher rows are the fresh top-k: ids exactly; values within fp16 rounding
+    (format 1, raw logits) or within half a grid step of the logits minus the top one
+    (format 2, whose decoded rows start at 0)."""
+    indices, logits = batch.teacher_topk()
+    assert indices.dtype == torch.int64 and logits.dtype == torch.float32
+    assert indices.shape == (batch.n_targets, k) == logits.shape
+    ref, ref_indices = fresh.topk(k, dim=-1)
+    assert torch.equal(indices, ref_indices)
+    if batch.topk_coded is None:
+        torch.testing.assert_close(logits, ref, atol=1e-2, rtol=1e-3)
+    else:
+        assert torch.all(logits[:, 0] == 0)
+        err = (logits - (ref - ref[:, :1])).abs().max()
+        assert err <= DEFAULT_STEP / 2 + 1e-4
+    assert torch.all(logits[:, :-1] >= logits[:, 1:])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "roberta"])
@@ -168,21 +174,24 @@ def test_batch_rows_follow_block_order(mlm_cache) -> None:
     starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     picked = [7, 2, 5]
     sub = shard.batch(picked, torch.Generator())
-    expect = torch.cat([whole.topk_indices[starts[i] : starts[i + 1]] for i in picked])
-    assert torch.equal(sub.topk_indices, expect)
+    for got, full in zip(sub.teacher_topk(), whole.teacher_topk(), strict=True):
+        assert torch.equal(got, torch.cat([full[starts[i] : starts[i + 1]] for i in picked]))
     assert torch.equal(sub.labels, whole.labels[picked])
     empty = shard.batch([], torch.Generator())
-    assert empty.input_ids.shape == (0, T) and empty.topk_logits.shape == (0, 10)
+    assert empty.input_ids.shape == (0, T) and empty.teacher_topk()[1].shape == (0, 10)
 
 
 def test_mlm_masks_reproducible_and_independent_of_batch_size(tmp_path, mlm_cache) -> None:
     teacher, blocks = mlm_cache[1], make_blocks()
-    build_mlm(teacher, blocks, tmp_path / "bs1", batch_size=1)
+    a = open_cache(mlm_cache[0])
+    build_mlm(teacher, blocks, tmp_path / "bs1", batch_size=1, format_version=a.format_version)
     build_mlm(teacher, blocks, tmp_path / "seed1", batch_size=4, mask_seed=1)
-    a, b = open_cache(mlm_cache[0]), open_cache(tmp_path / "bs1")
+    b = open_cache(tmp_path / "bs1")
     for i in range(N_BLOCKS):
-        for key in ("inputs", "positions", "labels", "topk_indices"):
+        for key in ("inputs", "positions", "labels"):
             assert np.array_equal(a.block(i)[key], b.block(i)[key]), (i, key)
+    rows_a = a.shard("s").batch(range(N_BLOCKS)).teacher_topk()
+    assert torch.equal(rows_a[0], b.shard("s").batch(range(N_BLOCKS)).teacher_topk()[0])
     # The same masks come from block_targets alone, block by block.
     spec = MaskSpec(MASK_ID, V, SPECIAL)
     inputs, labels = block_targets(blocks[4:5], 4, "mlm", spec)
@@ -207,7 +216,7 @@ def test_block_targets_never_mask_special_tokens_and_shift_for_causal() -> None:
 def test_full_k_equals_full_distribution(tmp_path) -> None:
     teacher, blocks = gpt2(), make_blocks(n=3)
     manifest = build_clm(teacher, blocks, tmp_path / "full", top_k="full")
-    assert manifest.meta.top_k == V
+    assert manifest.meta.top_k == V and manifest.format_version == 1  # too wide to code
     batch = open_cache(tmp_path / "full").shard("s").batch(range(3), torch.Generator())
     dense = torch.empty(batch.n_targets, V).scatter_(1, batch.topk_indices, batch.topk_logits)
     fresh = fresh_target_logits(teacher, batch.input_ids, batch.labels)
@@ -243,22 +252,30 @@ def copy_cache(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("name", ARRAYS)
-def test_flipped_byte_is_detected(tmp_path, mlm_cache, name: str) -> None:
-    out = copy_cache(mlm_cache[0], tmp_path / "c")
-    file = out / "part-00000" / f"{name}.npy"
-    data = bytearray(file.read_bytes())
-    data[-1] ^= 0x01
-    file.write_bytes(bytes(data))
-    with pytest.raises(LineageError, match=f"{name}.npy"):
-        open_cache(out)
+def cache_files(root: Path) -> list[str]:
+    """Every file of a cache but its manifest, relative to its root."""
+    return sorted(str(f.relative_to(root)) for f in root.rglob("*.npy"))
+
+
+def test_flipped_byte_is_detected(tmp_path, mlm_cache) -> None:
+    files = cache_files(mlm_cache[0])
+    names = part_arrays(open_cache(mlm_cache[0]).format_version, "mlm")
+    assert len(files) == len(names) + (3 if "topk_codes" in names else 0)  # + codec tables
+    for rel in files:
+        out = copy_cache(mlm_cache[0], tmp_path / rel.replace("/", "-"))
+        data = bytearray((out / rel).read_bytes())
+        data[-1] ^= 0x01
+        (out / rel).write_bytes(bytes(data))
+        with pytest.raises(LineageError, match=rel.split("/")[-1]):
+            open_cache(out)
 
 
 def test_truncated_file_is_detected_without_hashing(tmp_path, mlm_cache) -> None:
     out = copy_cache(mlm_cache[0], tmp_path / "c")
-    file = out / "part-00000" / "topk_logits.npy"
+    name = "topk_codes" if open_cache(out).format_version == 2 else "topk_logits"
+    file = out / "part-00000" / f"{name}.npy"
     file.write_bytes(file.read_bytes()[:-20])
-    with pytest.raises(LineageError, match=r"topk_logits\.npy.*truncated"):
+    with pytest.raises(LineageError, match=rf"{name}\.npy.*truncated"):
         open_cache(out, verify=False)
 
 
@@ -311,11 +328,17 @@ def test_manifest_records_identity_and_files(clm_cache) -> None:
     assert manifest["meta"]["teacher_digest"] == weights_digest(teacher)
     assert manifest["meta"] == {**manifest["meta"], "objective": "clm", "top_k": 10}
     assert manifest["n_blocks"] == N_BLOCKS and manifest["masking"] is None
-    for name, info in manifest["parts"][0]["files"].items():
-        file = out / "part-00000" / f"{name}.npy"
+    files = {f"part-00000/{name}": info for name, info in manifest["parts"][0]["files"].items()}
+    files |= manifest["files"]  # format 2: the codec tables
+    assert sorted(f"{name}.npy" for name in files) == cache_files(out)
+    for name, info in files.items():
+        file = out / f"{name}.npy"
         assert info["bytes"] == file.stat().st_size
         assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     assert not (out / "part-00000" / "part.json").exists()
+    if manifest["format_version"] == 2:
+        assert manifest["codec"]["top_k"] == 10 and manifest["codec"]["step"] == DEFAULT_STEP
+        assert sorted(manifest["parts"][0]["files"]) == sorted(part_arrays(2, "clm"))
 
 
 def test_large_vocabulary_stores_uint32(tmp_path) -> None:
@@ -332,8 +355,22 @@ def test_large_vocabulary_stores_uint32(tmp_path) -> None:
     assert_topk_matches(batch, fresh_target_logits(teacher, batch.input_ids, batch.labels), vocab)
 
 
-def test_small_vocabulary_stores_uint16(mlm_cache) -> None:
-    cache = open_cache(mlm_cache[0])
+def test_large_vocabulary_codes_every_id(tmp_path) -> None:
+    vocab = 65536 + 64
+    teacher, blocks = gpt2(vocab=vocab, width=8), make_blocks(n=2, vocab=vocab)
+    blocks[0, 5] = vocab - 1
+    build_clm(teacher, blocks, tmp_path / "c", top_k=20)
+    cache = open_cache(tmp_path / "c")
+    assert cache.format_version == 2 and cache.decoder is not None
+    assert cache.decoder.tables.succ_tokens.dtype == np.uint32
+    batch = cache.shard("s").batch([1, 0], torch.Generator())
+    assert torch.equal(batch.input_ids, torch.from_numpy(blocks[[1, 0]].astype(np.int64)))
+    assert_topk_matches(batch, fresh_target_logits(teacher, batch.input_ids, batch.labels), 20)
+
+
+def test_small_vocabulary_stores_uint16(tmp_path) -> None:
+    build_mlm(roberta(), make_blocks(n=2), tmp_path / "c", format_version=1)
+    cache = open_cache(tmp_path / "c")
     assert cache.manifest.index_dtype == "uint16"
     assert cache.block(0)["topk_indices"].dtype == np.uint16
     assert cache.block(0)["topk_logits"].dtype == np.float16
@@ -342,24 +379,32 @@ def test_small_vocabulary_stores_uint16(mlm_cache) -> None:
 def test_two_rank_parts_merge_to_the_single_process_cache(tmp_path, clm_cache) -> None:
     """What two ranks would write (one part each), merged by the main process."""
     out, teacher = clm_cache
+    single = open_cache(out)
     blocks = make_blocks()
-    spec = cache_mod._BuildSpec("clm", 10, None, np.dtype(np.uint16), 3, torch.device("cpu"), False)
+    spec = cache_parts.PartSpec(
+        "clm", 10, None, np.dtype(np.uint16), 3, torch.device("cpu"), False, single.format_version
+    )
+    first = None
+    if single.format_version == 2:  # the main process calibrates on the shard's first batch
+        state = cache_mod.PartialState(cpu=True)
+        spec, first = cache_parts.calibrate_codec(teacher, blocks, spec, state, V, DEFAULT_STEP)
     tmp = tmp_path / ".c.partial"
     tmp.mkdir()
     for rank in range(2):
         span = cache_mod._part_span(N_BLOCKS, 2, rank)
-        part = cache_mod._build_part(teacher, blocks, tmp / f"part-{rank:05d}", span, spec)
+        given = first if rank == 0 else None
+        part = cache_parts.build_part(teacher, blocks, tmp / f"part-{rank:05d}", span, spec, given)
         (tmp / part.dir / "part.json").write_text(json.dumps(cache_mod.asdict(part)))
-    meta = open_cache(out).meta
-    manifest = cache_mod._merge_manifest(tmp, 2, meta, blocks, spec, V)
+    manifest = cache_mod._merge_manifest(tmp, 2, single.meta, blocks, spec, V)
     cache_mod._publish(tmp, tmp_path / "c", manifest, overwrite=False)
-    merged, single = open_cache(tmp_path / "c"), open_cache(out)
+    merged = open_cache(tmp_path / "c")
     assert [p.block_end for p in merged.manifest.parts] == [5, 10]
     a = merged.shard("s").batch([9, 4, 5, 0], torch.Generator())
     b = single.shard("s").batch([9, 4, 5, 0], torch.Generator())
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
-    assert torch.equal(a.topk_indices, b.topk_indices)
-    torch.testing.assert_close(a.topk_logits, b.topk_logits, atol=1e-2, rtol=1e-3)
+    (a_i, a_v), (b_i, b_v) = a.teacher_topk(), b.teacher_topk()
+    assert torch.equal(a_i, b_i)
+    torch.testing.assert_close(a_v, b_v, atol=1e-2, rtol=1e-3)
 
 
 def test_build_refuses_meta_that_contradicts_arguments(tmp_path) -> None:
@@ -378,12 +423,69 @@ def test_shard_refuses_another_teacher(mlm_cache) -> None:
         open_cache(mlm_cache[0]).shard("general", "teacher-b")
 
 
-def test_huge_logits_are_clamped_to_fp16_range(tmp_path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_huge_logits_stay_finite(tmp_path, version: int) -> None:
+    """Format 1 clamps to the fp16 range; format 2 stores differences, clamped past 30 nats."""
     teacher = gpt2()
     teacher.train()
     with torch.no_grad():
         teacher.lm_head.weight.mul_(1e5)  # tied to the embeddings: logits ~1e5·|h|²
-    build_clm(teacher, make_blocks(n=2), tmp_path / "c", top_k=5)
+    build_clm(teacher, make_blocks(n=2), tmp_path / "c", top_k=5, format_version=version)
     assert teacher.training  # build_cache puts the teacher back in the mode it found it in
-    logits = open_cache(tmp_path / "c").shard("s").batch([0, 1], torch.Generator()).topk_logits
-    assert torch.isfinite(logits).all() and logits.abs().max() == np.finfo(np.float16).max
+    cache = open_cache(tmp_path / "c")
+    logits = cache.shard("s").batch([0, 1], torch.Generator()).teacher_topk()[1]
+    assert torch.isfinite(logits).all()
+    if version == 1:
+        assert logits.abs().max() == np.finfo(np.float16).max
+    else:  # entries lie ~1e5 apart: every gap clamps at the gap code's largest, ≥ 30 nats
+        assert cache.decoder is not None
+        spec = cache.decoder.spec
+        clamp = (spec.gap_code.capacity - 1) * spec.step
+        assert clamp >= 30 and torch.allclose(logits.diff(dim=1), torch.tensor(-clamp))
+
+
+def test_a_cache_serves_any_smaller_k(tmp_path, clm_cache) -> None:
+    """The first k entries of a top-K cache's rows are the teacher's top-k (a K = 3 cache)."""
+    out, teacher = clm_cache
+    cache = open_cache(out)
+    version = cache.format_version
+    build_clm(
+        teacher, make_blocks(), tmp_path / "k3", batch_size=3, top_k=3, format_version=version
+    )
+    wide = cache.shard("s", top_k=3).batch([2, 8])
+    narrow = open_cache(tmp_path / "k3").shard("s").batch([2, 8])
+    (w_i, w_v), (n_i, n_v) = wide.teacher_topk(), narrow.teacher_topk()
+    assert w_i.shape == (2 * (T - 1), 3) and torch.equal(w_i, n_i)
+    torch.testing.assert_close(w_v, n_v, atol=1e-2, rtol=1e-3)
+    assert_topk_matches(wide, fresh_target_logits(teacher, wide.input_ids, wide.labels), 3)
+    with pytest.raises(ConflictError, match="holds the top 10, it cannot serve K = 11"):
+        cache.shard("s", top_k=11)
+
+
+def test_format_2_refuses_codec_that_disagrees(tmp_path) -> None:
+    out = tmp_path / "c"
+    build_clm(gpt2(), make_blocks(n=4), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for change, message in (
+        ({"codec": {**manifest["codec"], "top_k": 9}}, "K or vocabulary differs"),
+        ({"codec": {**manifest["codec"], "name": "zstd"}}, "unknown top-K codec"),
+        ({"codec": None}, "format 2 and its codec disagree"),
+        ({"format_version": 3}, "newer than this lineage reads"),
+        ({"files": {}}, "no entry for codec/ranked"),
+    ):
+        bad = copy_cache(out, tmp_path / f"bad{len(list(tmp_path.iterdir()))}")
+        (bad / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(LineageError, match=message):
+            open_cache(bad)
+
+
+def test_format_2_is_the_default_and_smaller(tmp_path) -> None:
+    teacher, blocks = gpt2(), make_blocks(n=40)
+    v2 = build_clm(teacher, blocks, tmp_path / "v2", batch_size=8)
+    build_clm(teacher, blocks, tmp_path / "v1", batch_size=8, format_version=1)
+    assert v2.format_version == 2
+
+    def part_bytes(root: Path) -> int:
+        return sum(f.stat().st_size for f in (root / "part-00000").glob("*.npy"))
+
+    assert part_bytes(tmp_path / "v2") < part_bytes(tmp_path / "v1") / 2

@@ -172,3 +172,21 @@ def test_resume_continues_the_same_run(family_ws: Workspace) -> None:
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert json.loads(json.dumps(runs[0].data.params)) is not None
+
+
+def test_a_wider_cache_serves_a_smaller_k_and_the_edge_records_both(family_ws: Workspace) -> None:
+    from lineage.lifecycle import build_caches
+
+    built = build_caches(family_ws, "teacher-lit", ["literature"], top_k=12, block_size=32)
+    assert built and all(c.top_k == 12 and c.manifest["format"] == 2 for c in built)
+    run_training(
+        family_ws,
+        job(strategy="ki", teachers=("teacher-lit",), domains=("literature",), top_k=5),
+        progress=False,
+    )
+    reg = family_ws.registry
+    assert [c.path for c in reg.caches("teacher-lit")] == [c.path for c in built]  # none new
+    (edge,) = reg.edges("out")
+    assert edge.params["top_k"] == 5
+    assert {(c["cache_top_k"], c["format"]) for c in edge.params["caches"]} == {(12, 2)}
+    assert sorted(c["path"] for c in edge.params["caches"]) == sorted(c.path for c in built)

@@ -39,11 +39,25 @@ def build(
         float, typer.Option(help="MLM: share of tokens masked (must match training).")
     ] = 0.15,
     quiet: QuietOption = False,
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="v2: coded rows, several times smaller (default up to K = 256); "
+            "v1: plain arrays (default above).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the teacher once over the domains' training blocks and store its top-K logits."""
+    """Run the teacher once over the domains' training blocks and store its top-K logits.
+
+    A shard whose cache already holds at least K entries per row keeps it: a cache of K
+    serves every K' <= K."""
+    from lineage.errors import LineageError
     from lineage.lifecycle import build_caches
 
+    if format_ not in (None, "v1", "v2"):
+        raise LineageError(f"--format must be v1 or v2, not {format_!r}")
     caches = build_caches(
         workspace(ctx),
         teacher,
@@ -52,6 +66,7 @@ def build(
         block_size=block_size,
         progress=quiet_mode(quiet, as_json),
         mask_probability=mask_rate,
+        format_version=None if format_ is None else int(format_[1]),
     )
     if as_json:
         emit_json([c.to_dict() for c in caches])
@@ -72,12 +87,13 @@ def list_(
         return
     table(
         "logit caches",
-        ["teacher", "domain", "K", "blocks", "targets", "path"],
+        ["teacher", "domain", "K", "format", "blocks", "targets", "path"],
         [
             (
                 c.teacher,
                 c.domain,
                 c.top_k,
+                f"v{c.manifest.get('format', 1)}",
                 c.manifest.get("n_blocks"),
                 c.manifest.get("n_targets"),
                 c.path,
@@ -106,5 +122,6 @@ def verify(
         )
         return
     console.print(
-        f"ok: {path} ({cache.manifest.n_blocks} blocks, teacher {cache.meta.teacher_name})"
+        f"ok: {path} (format v{cache.format_version}, K = {cache.meta.top_k}, "
+        f"{cache.manifest.n_blocks} blocks, teacher {cache.meta.teacher_name})"
     )

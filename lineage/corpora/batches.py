@@ -22,6 +22,18 @@ if TYPE_CHECKING:  # keeps `import lineage.corpora.batches` free of transformers
     from lineage.corpora.tokenizer import TokenizerInfo
 
 
+class CodedTopK(Protocol):
+    """A teacher's top-K rows kept coded until the training device (teacher cache format v2)."""
+
+    def to(self, device: torch.device | str) -> CodedTopK:
+        """The same rows on ``device``."""
+        ...
+
+    def decode(self) -> tuple[Tensor, Tensor]:
+        """(indices [N, K] long, logits [N, K] float32) on the rows' device."""
+        ...
+
+
 @dataclass
 class Batch:
     """One training step's input; one shard (so at most one teacher) per batch.
@@ -39,6 +51,7 @@ class Batch:
     topk_indices: Tensor | None = None  # [N, K] long, N = (labels != -100).sum()
     topk_logits: Tensor | None = None  # [N, K] float (fp16 in the cache)
     attention_mask: Tensor | None = None  # [B, T]; None when blocks are packed full
+    topk_coded: CodedTopK | None = None  # the top-K rows still coded (cache v2), or None
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
@@ -52,11 +65,21 @@ class Batch:
             topk_indices=move(self.topk_indices),
             topk_logits=move(self.topk_logits),
             attention_mask=move(self.attention_mask),
+            topk_coded=None if self.topk_coded is None else self.topk_coded.to(device),
         )
 
     @property
     def n_targets(self) -> int:
         return int((self.labels != -100).sum())
+
+    def teacher_topk(self) -> tuple[Tensor, Tensor] | None:
+        """The cached teacher's (indices [N, K] long, logits [N, K] float), decoded where the
+        batch is if coded; None without cached rows."""
+        if self.topk_coded is not None:
+            return self.topk_coded.decode()
+        if self.topk_indices is not None and self.topk_logits is not None:
+            return self.topk_indices, self.topk_logits
+        return None
 
 
 IGNORE_INDEX = -100

@@ -10,85 +10,45 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from lineage.corpora.batches import IGNORE_INDEX, mlm_mask
 from lineage.distributed import broadcast, process_state
 from lineage.errors import ConflictError, LineageError
-from lineage.files import sha256_file
 from lineage.inherit.cache import (
-    ARRAYS,
+    CODEC_DIR,
+    FORMAT_VERSION,
     MANIFEST,
     CacheManifest,
     CacheMeta,
-    FileInfo,
     MaskSpec,
     PartInfo,
     _read_manifest,
 )
+from lineage.inherit.cache_parts import (
+    PartSpec,
+    build_part,
+    calibrate_codec,
+    file_info,
+    index_dtype,
+)
+from lineage.inherit.codec import DEFAULT_STEP
 
 if TYPE_CHECKING:  # transformers is slow to import and only named in annotations here
     from transformers import PreTrainedModel
 
-_FP16_MAX = float(np.finfo(np.float16).max)
 _HASH_ROWS_BYTES = 1 << 24  # read blocks 16 MiB at a time when hashing a memory-mapped shard
+MAX_CODED_K = 256  # format 2 up to this K; wider rows (a full distribution) stay format 1
 
 
-# ---------------------------------------------------------------- pure helpers
-
-
-def index_dtype(n: int) -> np.dtype:
-    """Smallest unsigned dtype holding every value in ``0 .. n - 1`` (uint16 up to 65,536)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if n - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
-
-
-def block_generator(seed: int, index: int) -> torch.Generator:
-    """A generator seeded from (seed, block index): masks do not depend on batching or rank."""
-    mixed = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(mixed))
-
-
-def block_targets(
-    blocks: np.ndarray, start: int, objective: str, masking: MaskSpec | None
-) -> tuple[Tensor, Tensor]:
-    """The teacher's inputs and the labels for blocks ``start .. start + b - 1`` of a shard.
-
-    blocks: [b, T] unsigned -> (inputs [b, T] long, labels [b, T] long, ``IGNORE_INDEX`` off
-    target). Causal: inputs are the blocks, labels the next tokens. MLM: each block is masked
-    by ``mlm_mask`` with ``block_generator(masking.seed, start + i)``.
-    """
-    tokens = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
-    if objective == "clm":
-        labels = torch.full_like(tokens, IGNORE_INDEX)
-        labels[:, :-1] = tokens[:, 1:]
-        return tokens, labels
-    if masking is None:
-        raise LineageError("MLM caches need a mask token id and vocabulary size")
-    special = torch.tensor(masking.special_ids, dtype=torch.long)
-    inputs, labels = torch.empty_like(tokens), torch.empty_like(tokens)
-    for i in range(len(tokens)):
-        inputs[i : i + 1], labels[i : i + 1] = mlm_mask(
-            tokens[i : i + 1],
-            block_generator(masking.seed, start + i),
-            mask_token_id=masking.mask_token_id,
-            vocab_size=masking.vocab_size,
-            special_ids=special,
-            probability=masking.probability,
-        )
-    return inputs, labels
+# ---------------------------------------------------------------- identity
 
 
 def blocks_digest(blocks: np.ndarray) -> str:
@@ -115,148 +75,7 @@ def state_digest(state: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def teacher_topk(
-    teacher: torch.nn.Module,
-    input_ids: Tensor,
-    labels: Tensor,
-    k: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Top-k teacher logits at the target positions, left on ``device`` (no host sync).
-
-    input_ids, labels: [B, T] -> (logits [N, k] float32 descending, indices [N, k] long),
-    N = (labels != IGNORE_INDEX).sum(), rows in row-major order of the targets. The backbone
-    runs under ``autocast_dtype`` (default: bf16 on CUDA, none elsewhere); the output head and
-    the top-k selection always run in float32 (``TargetLogits(fp32_head=True)``).
-    """
-    from lineage.models.modeling import TargetLogits  # transformers: slow import, used here only
-
-    if autocast_dtype is None and device.type == "cuda":
-        autocast_dtype = torch.bfloat16
-    wrapped = TargetLogits(cast("PreTrainedModel", teacher), fp32_head=True)
-    # Target rows are found on the host, so selecting them on the GPU needs no sync.
-    rows = (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
-    with (
-        torch.no_grad(),
-        torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
-    ):
-        hidden = wrapped.hidden(input_ids.to(device, non_blocking=True), None)  # [B, T, d]
-        flat, rows = hidden.reshape(-1, hidden.shape[-1]), rows.to(device)  # [B·T, d], [N]
-        if 2 * len(rows) > len(flat):  # causal: nearly every row; copying [N, V] would cost more
-            values, indices = wrapped.project(flat).topk(k, dim=-1)
-            values, indices = values.index_select(0, rows), indices.index_select(0, rows)
-        else:  # MLM: ~15 % of rows; select them first
-            values, indices = wrapped.project(flat.index_select(0, rows)).topk(k, dim=-1)
-    return values.float(), indices
-
-
-# ---------------------------------------------------------------- writing
-
-
-class _NpyWriter:
-    """Appends rows to a .npy file; the final shape goes into the header on close (numpy pads
-    the header so the first axis can grow in place), so no count pass is needed."""
-
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
-        self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), row_shape, 0
-        self.fh = path.open("wb")
-        np.lib.format.write_array_header_1_0(self.fh, self._header(0))
-        self.data_start = self.fh.tell()
-
-    def _header(self, rows: int) -> dict:
-        descr = np.lib.format.dtype_to_descr(self.dtype)
-        return {"descr": descr, "fortran_order": False, "shape": (rows, *self.row_shape)}
-
-    def append(self, rows: np.ndarray) -> None:
-        assert rows.shape[1:] == self.row_shape, (self.path, rows.shape, self.row_shape)
-        self.fh.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
-        self.rows += len(rows)
-
-    def __enter__(self) -> _NpyWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.fh.closed:
-            self.fh.seek(0)
-            np.lib.format.write_array_header_1_0(self.fh, self._header(self.rows))
-            assert self.fh.tell() == self.data_start, f"{self.path}: header grew"
-            self.fh.close()
-
-
-@dataclass(frozen=True)
-class _BuildSpec:
-    objective: str
-    top_k: int
-    masking: MaskSpec | None
-    index_dtype: np.dtype
-    batch_size: int
-    device: torch.device
-    progress: bool
-
-
-def _write_batch(out: dict[str, _NpyWriter], batch: tuple[Tensor, Tensor, Any], total: int) -> int:
-    """Append one batch (inputs, labels, teacher_topk's result); returns the target count so far."""
-    inputs, labels, topk = batch
-    values, indices = (t.cpu() for t in topk)
-    target = labels != IGNORE_INDEX  # [b, T]
-    ends = total + np.cumsum(target.sum(1).numpy())  # [b]
-    out["inputs"].append(inputs.numpy())
-    out["offsets"].append(ends)
-    out["positions"].append(target.nonzero()[:, 1].numpy())
-    out["labels"].append(labels[target].numpy())
-    out["topk_indices"].append(indices.numpy())
-    # fp16 overflows to inf past ±65504; a clamped logit still ranks and softmaxes sensibly.
-    out["topk_logits"].append(values.clamp(-_FP16_MAX, _FP16_MAX).half().numpy())
-    return int(ends[-1]) if len(ends) else total
-
-
-def _build_part(
-    teacher: torch.nn.Module,
-    blocks: np.ndarray,
-    part_dir: Path,
-    span: tuple[int, int],
-    spec: _BuildSpec,
-) -> PartInfo:
-    """Run the teacher over blocks ``span`` and write them as one part; returns its PartInfo."""
-    start, end = span
-    block_size = blocks.shape[1]
-    layout = {
-        "inputs": (spec.index_dtype, (block_size,)),
-        "offsets": (np.dtype(np.int64), ()),
-        "positions": (index_dtype(block_size), ()),
-        "labels": (spec.index_dtype, ()),
-        "topk_indices": (spec.index_dtype, (spec.top_k,)),
-        "topk_logits": (np.dtype(np.float16), (spec.top_k,)),
-    }
-    part_dir.mkdir()
-    total = 0
-    with ExitStack() as stack:
-        out = {
-            name: stack.enter_context(_NpyWriter(part_dir / f"{name}.npy", dtype, shape))
-            for name, (dtype, shape) in layout.items()
-        }
-        out["offsets"].append(np.zeros(1, np.int64))
-        pending = None
-        batches = range(start, end, spec.batch_size)
-        desc = f"teacher top-{spec.top_k} cache"
-        for s in tqdm(batches, desc=desc, disable=not spec.progress, unit="batch"):
-            inputs, labels = block_targets(
-                blocks[s : min(s + spec.batch_size, end)], s, spec.objective, spec.masking
-            )
-            launched = teacher_topk(teacher, inputs, labels, spec.top_k, spec.device)
-            # Write the previous batch while the accelerator runs this one.
-            if pending is not None:
-                total = _write_batch(out, pending, total)
-            pending = (inputs, labels, launched)
-        if pending is not None:
-            total = _write_batch(out, pending, total)
-    files = {name: _file_info(part_dir / f"{name}.npy") for name in ARRAYS}
-    return PartInfo(part_dir.name, start, end, total, files)
-
-
-def _file_info(path: Path) -> FileInfo:
-    return FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size)
+# ---------------------------------------------------------------- building
 
 
 def _part_span(n_blocks: int, world: int, rank: int) -> tuple[int, int]:
@@ -292,6 +111,35 @@ def _check_blocks(blocks: np.ndarray) -> None:
         raise LineageError(f"blocks must hold token ids (integers), got {blocks.dtype}")
 
 
+def _masking(
+    objective: str,
+    mask_token_id: int | None,
+    vocab: int,
+    special_ids: Sequence[int],
+    probability: float,
+    seed: int,
+) -> MaskSpec | None:
+    if objective != "mlm":
+        return None
+    if mask_token_id is None:
+        raise LineageError("an MLM cache needs mask_token_id")
+    return MaskSpec(
+        int(mask_token_id), vocab, tuple(int(i) for i in special_ids), probability, seed
+    )
+
+
+def _format_for(k: int, format_version: int | None) -> int:
+    """The format to write: by default 2, but 1 for rows wider than MAX_CODED_K (a full
+    distribution: every id is in every row, so coding the ids gains nothing)."""
+    if format_version is None:
+        return FORMAT_VERSION if k <= MAX_CODED_K else 1
+    if format_version not in (1, 2):
+        raise LineageError(f"cache format must be 1 or 2, not {format_version}")
+    if format_version == 2 and k > MAX_CODED_K:
+        raise LineageError(f"format 2 codes at most K = {MAX_CODED_K}; use format 1 for K = {k}")
+    return format_version
+
+
 def build_cache(
     teacher: PreTrainedModel,
     blocks: np.ndarray,
@@ -309,6 +157,8 @@ def build_cache(
     vocab_size: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    format_version: int | None = None,
+    codec_step: float = DEFAULT_STEP,
 ) -> CacheManifest:
     """Run ``teacher`` once over ``blocks`` [n, T] and write its top-K logits to ``out_dir``.
 
@@ -317,6 +167,8 @@ def build_cache(
     dir beside ``out_dir``, then renamed); a failed build leaves nothing. ``vocab_size`` is the
     range of MLM's random replacement tokens (default: the teacher's vocabulary). The teacher is
     moved to ``device`` (default: this rank's) and run in eval mode, bf16 autocast on CUDA.
+    ``format_version``: 2 (coded rows; the default up to K = MAX_CODED_K) or 1 (plain arrays);
+    ``codec_step``: format 2's value grid in nats (``lineage.inherit.codec``).
     """
     state = process_state()  # CPU ranks on gloo (else each would build the whole cache alone)
     _check_blocks(blocks)
@@ -327,30 +179,25 @@ def build_cache(
     k = vocab if top_k == "full" else int(top_k)
     if not 1 <= k <= vocab:
         raise LineageError(f"top_k must be in 1..{vocab} (the vocabulary size), not {top_k}")
-    masking = None
-    if objective == "mlm":
-        if mask_token_id is None:
-            raise LineageError("an MLM cache needs mask_token_id")
-        masking = MaskSpec(
-            int(mask_token_id),
-            vocab_size or vocab,
-            tuple(int(i) for i in special_ids),
-            mask_probability,
-            mask_seed,
-        )
+    masking = _masking(
+        objective, mask_token_id, vocab_size or vocab, special_ids, mask_probability, mask_seed
+    )
     full_meta = _complete_meta(meta, teacher, k, objective, blocks.shape[1])
     run_device = torch.device(device) if device is not None else state.device
-    spec = _BuildSpec(
+    spec = PartSpec(
         objective, k, masking, index_dtype(vocab), batch_size, run_device,
-        progress and state.is_main_process,
+        progress and state.is_main_process, _format_for(k, format_version),
     )  # fmt: skip
     tmp = _shared_tmp_dir(out_dir, state)
     was_training = teacher.training
     teacher.eval().to(run_device)
     try:
+        first = None
+        if spec.format_version >= 2:
+            spec, first = calibrate_codec(teacher, blocks, spec, state, vocab, codec_step)
         span = _part_span(len(blocks), state.num_processes, state.process_index)
         part_dir = tmp / f"part-{state.process_index:05d}"
-        part = _build_part(teacher, blocks, part_dir, span, spec)
+        part = build_part(teacher, blocks, part_dir, span, spec, first)
         (part_dir / "part.json").write_text(json.dumps(asdict(part)))
         state.wait_for_everyone()
         if state.is_main_process:
@@ -376,14 +223,21 @@ def _shared_tmp_dir(out_dir: Path, state: Any) -> Path:
 
 
 def _merge_manifest(
-    tmp: Path, world: int, meta: CacheMeta, blocks: np.ndarray, spec: _BuildSpec, vocab: int
+    tmp: Path, world: int, meta: CacheMeta, blocks: np.ndarray, spec: PartSpec, vocab: int
 ) -> CacheManifest:
-    """The manifest over every rank's part (read from the part.json each rank left)."""
+    """The manifest over every rank's part (read from the part.json each rank left); for
+    format 2 the codec tables are written here, once."""
     parts = []
     for rank in range(world):
         part_json = tmp / f"part-{rank:05d}" / "part.json"
         parts.append(PartInfo.from_dict(json.loads(part_json.read_text())))
         part_json.unlink()
+    files = {}
+    if spec.tables is not None:
+        (tmp / CODEC_DIR).mkdir()
+        for name, array in spec.tables.to_files().items():
+            np.save(tmp / CODEC_DIR / f"{name}.npy", array)
+            files[f"{CODEC_DIR}/{name}"] = file_info(tmp / CODEC_DIR / f"{name}.npy")
     return CacheManifest(
         meta=meta,
         vocab_size=vocab,
@@ -396,6 +250,9 @@ def _merge_manifest(
         parts=tuple(parts),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         lineage_version=_lineage_version(),
+        format_version=spec.format_version,
+        codec=None if spec.codec is None else spec.codec.to_dict(),
+        files=files,
     )
 
 

@@ -66,7 +66,7 @@ def cache_dir(
     )
 
 
-def expected_meta(teacher: Model, block_size: int, top_k: int) -> CacheMeta:
+def expected_meta(teacher: Model, block_size: int, top_k: int | None) -> CacheMeta:
     return CacheMeta(
         teacher_name=teacher.name,
         tokenizer_fingerprint=teacher.tokenizer_fingerprint,
@@ -74,6 +74,30 @@ def expected_meta(teacher: Model, block_size: int, top_k: int) -> CacheMeta:
         objective=teacher.objective,
         block_size=block_size,
     )
+
+
+def find_cache(
+    ws: Workspace,
+    teacher: Model,
+    blocks: ShardBlocks,
+    top_k: int,
+    mask_probability: float = DEFAULT_MASK_PROBABILITY,
+) -> Path | None:
+    """The teacher's registered cache of this shard (at this mask rate) that serves ``top_k``:
+    the one built for that K, else the smallest K above it (its rows' first ``top_k`` entries
+    are the top-K)."""
+
+    def where(k: int) -> Path:
+        return cache_dir(ws, teacher, blocks, k, mask_probability)
+
+    if where(top_k).exists():
+        return where(top_k)
+    wider = [
+        c.top_k
+        for c in ws.registry.caches(teacher.name)
+        if c.top_k > top_k and Path(c.path) == where(c.top_k) and Path(c.path).exists()
+    ]
+    return where(min(wider)) if wider else None
 
 
 def ensure_cache(
@@ -86,15 +110,23 @@ def ensure_cache(
     batch_size: int = 32,
     progress: bool = True,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
+    format_version: int | None = None,
 ) -> LogitCache:
-    """The teacher's cache for this shard: opened and verified, or built now and registered.
-    ``mask_probability``: an MLM cache's mask rate (recorded in its manifest, checked on open)."""
+    """A cache of the teacher for this shard holding at least ``top_k`` entries per row:
+    opened and verified (``find_cache``), or built now for ``top_k`` and registered.
+    ``mask_probability``: an MLM cache's mask rate (recorded in its manifest, checked on open);
+    ``format_version``: of a cache built here (default: ``build_cache``'s)."""
     if not 0.0 < mask_probability < 1.0:
         raise LineageError(f"mask probability must lie in (0, 1), got {mask_probability}")
+    block_size = blocks.blocks.shape[1]
+    found = find_cache(ws, teacher, blocks, top_k, mask_probability)
+    if found is not None:
+        cache = open_cache(found, expect=expected_meta(teacher, block_size, None))
+        if int(cache.meta.top_k or 0) < top_k:  # a cache directory renamed by hand
+            raise LineageError(f"cache {found} holds the top {cache.meta.top_k}, not {top_k}")
+        return _check_mask(cache, teacher, mask_probability)
     path = cache_dir(ws, teacher, blocks, top_k, mask_probability)
-    expect = expected_meta(teacher, blocks.blocks.shape[1], top_k)
-    if path.exists():
-        return _check_mask(open_cache(path, expect=expect), teacher, mask_probability)
+    expect = expected_meta(teacher, block_size, top_k)
     if lm is None:
         lm = load_model(Path(teacher.path))
     info = TokenizerInfo.of(load_tokenizer(Path(teacher.path)))
@@ -111,6 +143,7 @@ def ensure_cache(
         vocab_size=info.vocab_size,
         progress=progress,
         mask_probability=mask_probability,
+        format_version=format_version,
     )
 
     def register() -> None:  # the main process alone writes the registry
@@ -123,6 +156,7 @@ def ensure_cache(
                     "n_blocks": manifest.n_blocks,
                     "n_targets": manifest.n_targets,
                     "shard": blocks.key,
+                    "format": manifest.format_version,
                 },
                 blocks.shard.domain,
             )

@@ -17,6 +17,7 @@ from lineage.corpora.batches import BlockShard, ShardSource
 from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import ConflictError, LineageError
+from lineage.inherit.cache import CachedShard
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.inherit.teachers import ensure_cache
@@ -189,8 +190,28 @@ def shard_sources(
                 progress=progress,
                 mask_probability=job.mask_probability,
             )
-            sources.append(_ScarceCached(cache.shard(blocks.key, a.teacher), len(blocks.blocks)))
+            shard = cache.shard(blocks.key, a.teacher, top_k=job.top_k)
+            sources.append(_ScarceCached(shard, len(blocks.blocks)))
     return sources, online
+
+
+def cache_params(sources: list[ShardSource]) -> dict[str, list[dict[str, Any]]]:
+    """Per teacher, the caches its shards are served from: path, the cache's K (≥ the K used)
+    and format version."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for source in sources:
+        inner = getattr(source, "inner", source)
+        if isinstance(inner, CachedShard) and inner.teacher is not None:
+            cache = inner.cache
+            out.setdefault(inner.teacher, []).append(
+                {
+                    "shard": inner.name,
+                    "path": str(cache.path),
+                    "cache_top_k": cache.meta.top_k,
+                    "format": cache.format_version,
+                }
+            )
+    return out
 
 
 class _ScarceCached:

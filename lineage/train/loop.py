@@ -286,11 +286,9 @@ class Loop:
         """ki_loss's teacher arguments for this batch ({} when α = 0 or no teacher)."""
         if alpha <= 0 or batch.teacher is None:
             return {}
-        if batch.topk_indices is not None and batch.topk_logits is not None:
-            return {
-                "teacher_topk_indices": batch.topk_indices,
-                "teacher_topk_logits": batch.topk_logits,
-            }
+        cached = batch.teacher_topk()  # decoded here, on the training device, if coded
+        if cached is not None:
+            return {"teacher_topk_indices": cached[0], "teacher_topk_logits": cached[1]}
         teacher = self.teachers.get(batch.teacher)
         if teacher is None:
             raise LineageError(

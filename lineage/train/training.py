@@ -26,6 +26,7 @@ from lineage.train.assign import (
     Assigned,
     assign_shards,
     auto_samples,
+    cache_params,
     eval_sets,
     replay_shards,
     replay_weights,
@@ -204,7 +205,7 @@ def _train(
         tokenizer=tokenizer,
         auto_samples=auto_samples(ws, job, assigned, student),
     )
-    return result, _teacher_params(job, assigned, schedules)
+    return result, _teacher_params(job, assigned, schedules, cache_params(sources))
 
 
 def _sources(ws: Workspace, job: TrainJob, student: Model) -> list[str]:
@@ -224,7 +225,10 @@ def _schedules(assigned: list[Assigned]) -> dict[str, Any]:
 
 
 def _teacher_params(
-    job: TrainJob, assigned: list[Assigned], schedules: dict[str, Any]
+    job: TrainJob,
+    assigned: list[Assigned],
+    schedules: dict[str, Any],
+    caches: dict[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, schedule in schedules.items():
@@ -232,12 +236,14 @@ def _teacher_params(
         params = {
             "schedule": base.to_dict(),
             "temperature": job.config.temperature,
-            "top_k": job.top_k,
+            "top_k": job.top_k,  # the K the loss used (≤ each cache's K)
             "mask_probability": job.mask_probability,
             "mode": job.teacher_mode,
             "plan": job.plan,
             "shards": [a.blocks.key for a in assigned if a.teacher == name],
         }
+        if name in caches:
+            params["caches"] = caches[name]
         if isinstance(schedule, AutoInheritance):
             params["auto_events"] = [dataclasses.asdict(e) for e in schedule.events]
         out[name] = params
