@@ -198,13 +198,13 @@ def adapt(ws: Workspace, job: AdaptJob, *, progress: bool = True) -> list[Adapte
     base = reg.model(job.model)
     if is_adapter(reg, base.name):
         raise LineageError(f"{base.name!r} is a LoRA adapter: adapt its base model")
-    check_block_size(base.name, Path(base.path), job.block_size)
     sources = source_domains(ws, base)
     if not sources:
         raise LineageError(
             f"{base.name!r} was not trained on any domain: adaptation continues a trained model "
             "(use `lineage train` for a new one)"
         )
+    check_block_size(base.name, Path(base.path), job.block_size)
     for d in job.domains:
         reg.domain(d)  # unknown names fail before any work
     out: list[Adapted] = []
