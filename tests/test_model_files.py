@@ -140,3 +140,28 @@ def test_models_registered_before_checksums_pass_and_verify_says_so(
     check_model_files(ws.registry.model("m"), "teacher")
     result = runner.invoke(app, ["-w", str(ws.root), "model", "verify", "m"])
     assert result.exit_code == 1 and "before lineage recorded checksums" in result.stderr
+
+
+def test_the_files_column_migration_keeps_the_graph_version_triggers(tmp_path: Path) -> None:
+    """0005 adds and drops models.files in place: a recreated models table would lose the
+    triggers 0004 put on it (graph_version would stop moving)."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from lineage.registry.schema import downgrade, upgrade
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+
+    def triggers() -> set[str]:
+        with sqlite3.connect(tmp_path / "r.db") as conn:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'models'"
+            return {r[0] for r in conn.execute(sql)}
+
+    upgrade(engine, "0004")
+    at_0004 = triggers()
+    upgrade(engine, "0005")
+    assert at_0004 and triggers() == at_0004
+    downgrade(engine, "0004")
+    assert triggers() == at_0004
+    engine.dispose()

@@ -16,11 +16,13 @@ branch_labels = None
 depends_on = None
 
 
+# ADD/DROP COLUMN in place (SQLite >= 3.35 does both): recreating the table, batch mode's
+# fallback, would drop the graph_version triggers that revision 0004 put on models.
 def upgrade() -> None:
-    with op.batch_alter_table('models', schema=None) as batch_op:
+    with op.batch_alter_table('models', schema=None, recreate='never') as batch_op:
         batch_op.add_column(sa.Column('files', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('models', schema=None) as batch_op:
+    with op.batch_alter_table('models', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('files')
