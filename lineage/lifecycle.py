@@ -303,7 +303,6 @@ def grow_workspace_model(
     reg = ws.registry
     src = reg.model(source)
     check_has_lm_head(src.name, src.objective, "a growth source (no head to score it by)")
-    check_block_size(src.name, Path(src.path), block_size)
     check_model_files(src, "source model")
     if reg.has_model(new):
         raise ConflictError(f"a model named {new!r} is already registered")
@@ -314,6 +313,8 @@ def grow_workspace_model(
     if sample_domain is not None:
         reg.domain(sample_domain)  # a named domain must exist
     domain = sample_domain or next((d for d in src.domains if d in registered), None)
+    if domain is not None:  # the blocks it is scored on must fit the model
+        check_block_size(src.name, Path(src.path), block_size)
     params = {
         "source": source,
         "method": method,
