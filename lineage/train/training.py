@@ -113,10 +113,10 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     check_has_lm_head(student.name, student.objective, "a model to train")
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
+    for name in job.teachers:  # what a teacher is refused for comes first
+        _check_teacher(ws, reg.model(name), job.block_size)
     check_block_size(student.name, Path(student.path), job.block_size)
     check_model_files(student, "base model")
-    for name in job.teachers:
-        _check_teacher(ws, reg.model(name), job.block_size)
     for d in job.domains:
         reg.domain(d)
     assigned, job = assign_shards(ws, job, student)
@@ -172,7 +172,9 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
 
 
 def _check_teacher(ws: Workspace, teacher: Model, block_size: int) -> None:
-    """A teacher fits the blocks, its files are as registered, its caches' folder is inside."""
+    """A teacher has an LM head, fits the blocks, its files are as registered, its caches' folder
+    lies inside the workspace."""
+    check_has_lm_head(teacher.name, teacher.objective, "a KI teacher")
     check_block_size(teacher.name, Path(teacher.path), block_size)
     check_model_files(teacher, "teacher")
     ws.child_path(ws.caches_dir, teacher.name)
