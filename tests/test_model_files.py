@@ -143,7 +143,7 @@ def test_models_registered_before_checksums_pass_and_verify_says_so(
 
 
 def test_the_files_column_migration_keeps_the_graph_version_triggers(tmp_path: Path) -> None:
-    """0005 adds and drops models.files in place: a recreated models table would lose the
+    """0006 adds and drops models.files in place: a recreated models table would lose the
     triggers 0004 put on it (graph_version would stop moving)."""
     import sqlite3
 
@@ -158,10 +158,10 @@ def test_the_files_column_migration_keeps_the_graph_version_triggers(tmp_path: P
             sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'models'"
             return {r[0] for r in conn.execute(sql)}
 
-    upgrade(engine, "0004")
-    at_0004 = triggers()
     upgrade(engine, "0005")
-    assert at_0004 and triggers() == at_0004
-    downgrade(engine, "0004")
-    assert triggers() == at_0004
+    before = triggers()
+    upgrade(engine, "0006")
+    assert before and triggers() == before
+    downgrade(engine, "0005")
+    assert triggers() == before
     engine.dispose()
