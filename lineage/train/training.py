@@ -113,10 +113,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     check_has_lm_head(student.name, student.objective, "a model to train")
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
-    for name in job.teachers:  # what a teacher is refused for comes first
-        _check_teacher(ws, reg.model(name), job.block_size)
-    check_block_size(student.name, Path(student.path), job.block_size)
-    check_model_files(student, "base model")
+    _check_models(ws, job, student)
     for d in job.domains:
         reg.domain(d)
     assigned, job = assign_shards(ws, job, student)
@@ -169,6 +166,15 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
             tracker.set_tags({"lineage.registered": model.name})
             rec.succeed(model.name)
     return TrainOutcome(model, result, result.run_id, teacher_params)
+
+
+def _check_models(ws: Workspace, job: TrainJob, student: Model) -> None:
+    """The shortcut's teachers (what a teacher is refused for comes first), then the base:
+    block size against positions, files as registered; before any work."""
+    for name in job.teachers:
+        _check_teacher(ws, ws.registry.model(name), job.block_size)
+    check_block_size(student.name, Path(student.path), job.block_size)
+    check_model_files(student, "base model")
 
 
 def _check_teacher(ws: Workspace, teacher: Model, block_size: int) -> None:
