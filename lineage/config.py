@@ -16,6 +16,14 @@ from typing import Any, get_type_hints
 from lineage.errors import LineageError
 
 CONFIG_FILE = "lineage.toml"
+SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit; torch's would take more
+
+
+def check_seed(seed: object) -> int:
+    """A seed every job takes: an integer in [0, 2**32 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise LineageError(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)

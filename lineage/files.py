@@ -1,9 +1,11 @@
-"""Atomic file writes (temporary name in the same folder, then rename) and file digests."""
+"""Atomic file writes (temporary name in the same folder, then rename), file digests, and the
+one rule for names that become paths (``check_name``, ``path_inside``)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -12,6 +14,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lineage.errors import LineageError
+
+NAME_MAX = 100
+NAME_RULE = f"1-{NAME_MAX} letters, digits, '_', '.', '-', starting with a letter or digit"
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` if it is a safe registry name (a slug that cannot leave its folder), else a
+    LineageError: no separators, not ``.``/``..``, no leading ``.`` or ``-``, bounded length."""
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return name
+    shown = (
+        repr(name)
+        if not isinstance(name, str) or len(name) <= 60
+        else (f"{name[:40]!r}… ({len(name)} characters)")
+    )
+    raise LineageError(f"{what} {shown} is not a valid name: use {NAME_RULE}")
+
+
+def path_inside(folder: Path, *parts: str) -> Path:
+    """``folder/parts`` resolved (symlinks and ``..`` too), refused unless it lies inside
+    ``folder``: every path built from a name goes through here."""
+    root = Path(folder).resolve()
+    path = root.joinpath(*parts).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise LineageError(f"{'/'.join(parts)!r} would lie outside {root}; refused")
+    return path
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lineage.config import check_seed
 from lineage.corpora.blocks import domain_blocks, valid_blocks
 from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
@@ -30,6 +31,7 @@ from lineage.corpora.tokenizer import (
 )
 from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
+from lineage.files import check_name
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
 from lineage.inherit.teachers import ensure_cache
 from lineage.models.evaluation import EvalResult, evaluate
@@ -42,7 +44,8 @@ from lineage.models.modeling import (
 )
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
-from lineage.registry.modelinfo import check_has_lm_head, read_model_info
+from lineage.registry.modelfiles import check_model_files, model_files
+from lineage.registry.modelinfo import check_block_size, check_has_lm_head, read_model_info
 from lineage.train.checkpoints import atomic_dir
 from lineage.train.runs import job_tracker, recorded, remove_unregistered
 from lineage.workspace import Workspace
@@ -63,11 +66,12 @@ def train_workspace_tokenizer(
     min_frequency: int = 2,
 ) -> Tokenizer:
     """Train a byte-level BPE on the domains' train splits; save under models/ and register it."""
+    check_name(name, "tokenizer")
     if not domains:
         raise LineageError("name at least one --domain to train the tokenizer on")
     for d in domains:
         ws.registry.domain(d)  # unknown names fail before any work
-    out = ws.models_dir / "tokenizers" / name
+    out = ws.child_path(ws.models_dir, "tokenizers", name)
     if out.exists():
         raise LineageError(f"{out} already exists")
 
@@ -129,6 +133,8 @@ def create_workspace_model(
     ``tokenizer_from`` (so it can learn from that model: same fingerprint); exactly one.
     ``dropout``/``init_range``: None keeps the Hugging Face defaults (0.1 / 0.02).
     """
+    check_name(name, "model")
+    check_seed(seed)
     if (tokenizer is None) == (tokenizer_from is None):
         raise LineageError("give exactly one of a tokenizer and a model to take it from")
     if tokenizer is not None:
@@ -138,7 +144,7 @@ def create_workspace_model(
         source = f"the tokenizer of {tokenizer_from}"
     if ws.registry.has_model(name):
         raise LineageError(f"a model named {name!r} is already registered")
-    out = ws.models_dir / name
+    out = ws.child_path(ws.models_dir, name)
     create_model(
         family,
         resolve_shape(shape),
@@ -155,6 +161,7 @@ def create_workspace_model(
         read_model_info(out),
         description=description
         or f"{family} {resolve_shape(shape).to_dict()}, random init (seed {seed}), {source}",
+        files=model_files(out),
     )
 
 
@@ -172,6 +179,7 @@ def evaluate_model(
     """Perplexity on each domain's valid split (fixed MLM masks), stored as Evaluations."""
     model = ws.registry.model(model_name)
     check_has_lm_head(model.name, model.objective, "a model to evaluate")
+    check_block_size(model.name, Path(model.path), block_size)
     for d in domains:
         ws.registry.domain(d)
     device = default_device()
@@ -291,18 +299,23 @@ def grow_workspace_model(
     evaluations at step 0. With no such domain the model is grown and registered unscored, and
     the report says why. Bad input raises LineageError before anything is written.
     """
+    check_name(new, "model")
+    check_seed(seed)
     reg = ws.registry
     src = reg.model(source)
     check_has_lm_head(src.name, src.objective, "a growth source (no head to score it by)")
+    check_model_files(src, "source model")
     if reg.has_model(new):
         raise ConflictError(f"a model named {new!r} is already registered")
-    out = ws.models_dir / new
+    out = ws.child_path(ws.models_dir, new)
     if out.exists():
         raise ConflictError(f"{out} already exists; choose another name")
     registered = {d.name for d in reg.domains()}
     if sample_domain is not None:
         reg.domain(sample_domain)  # a named domain must exist
     domain = sample_domain or next((d for d in src.domains if d in registered), None)
+    if domain is not None:  # the blocks it is scored on must fit the model
+        check_block_size(src.name, Path(src.path), block_size)
     params = {
         "source": source,
         "method": method,
@@ -348,7 +361,7 @@ def _grow(
     """Grow, score, save and register (one transaction): the body of `grow_workspace_model`."""
     reg = ws.registry
     domain, method, seed = params["sample_domain"], params["method"], params["seed"]
-    out = ws.models_dir / new
+    out = ws.child_path(ws.models_dir, new)
     device = default_device()
     lm = load_model(Path(src.path), device=device)
     grown, record = grow_model(
@@ -375,13 +388,15 @@ def _grow(
         save_tokenizer(load_tokenizer(Path(src.path)), tmp, position_limit(grown.config))
         (tmp / GROWTH_FILE).write_text(record.to_json(), encoding="utf-8")
     shape = f"{params['layers']} layers x {params['hidden']}"
+    model_info, files = read_model_info(out), model_files(out)
     with reg.transaction():  # the model, its edge and its scores, or nothing
         model = reg.add_model(
             new,
             str(out),
-            read_model_info(out),
+            model_info,
             domains=src.domains,
             description=f"{method.upper()} growth of {src.name} to {shape} (seed {seed})",
+            files=files,
         )
         reg.add_edge(src.name, new, "grow", params=growth_edge_params(record), mlflow_run_id=run_id)
         for name, score in zip((src.name, new), scores, strict=False):
@@ -422,6 +437,11 @@ def build_caches(
     ``format_version`` is that of the caches built (default: ``build_cache``'s)."""
     reg = ws.registry
     teacher = reg.model(teacher_name)
+    check_block_size(teacher.name, Path(teacher.path), block_size)
+    check_model_files(teacher, "teacher")
+    ws.child_path(ws.caches_dir, teacher.name)  # a name from an old registry cannot escape
+    if top_k < 1 or top_k > max(teacher.vocab_size, 1):
+        raise LineageError(f"top-K must be in [1, {teacher.vocab_size}] (the vocabulary): {top_k}")
     for domain in domains:
         reg.domain(domain)
     params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}

@@ -19,8 +19,10 @@ from sqlalchemy.engine import make_url
 
 from lineage.config import CONFIG_FILE, Config, default_config_text, load_config
 from lineage.errors import LineageError
+from lineage.files import check_name, path_inside
 from lineage.registry.entities import Model
 from lineage.registry.modelcard import CardContext, write_card
+from lineage.registry.modelfiles import model_files
 from lineage.registry.modelinfo import read_model_info
 from lineage.registry.store import Registry
 
@@ -105,6 +107,11 @@ class Workspace:
         """A configured folder: relative to the storage root."""
         return (self.storage_root / relative).resolve()
 
+    def child_path(self, folder: Path, *names: str) -> Path:
+        """``folder/names...`` (a workspace folder and names from the registry or the user),
+        checked to lie inside ``folder``: a name can never make a path outside the workspace."""
+        return path_inside(folder, *names)
+
     def expand(self, template: str) -> str:
         """``{workspace}`` and ``${VAR}`` (from the environment) filled in."""
 
@@ -186,16 +193,18 @@ class Workspace:
         """Register a local Hugging Face model directory (config read, no weights loaded);
         ``hub_id`` is its id on the Hugging Face Hub, when it comes from there."""
         model_dir = Path(path).expanduser().resolve()
+        name = check_name(model_dir.name if name is None else name, "model")
         info = read_model_info(model_dir)
         for domain in domains:
             self.registry.domain(domain)  # unknown domains are refused before anything is written
         return self.registry.add_model(
-            name or model_dir.name,
+            name,
             str(model_dir),
             info,
             domains=domains,
             description=description,
             hub_id=hub_id,
+            files=model_files(model_dir),
         )
 
     def write_model_card(self, name: str) -> Path:

@@ -103,7 +103,7 @@ def test_more_bad_input(ws: Workspace, tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "wrong field"}\n')
     with pytest.raises(LineageError, match=r"bad\.jsonl:2: no string field 'text'"):
         add_domain(ws, "x", [tmp_path / "bad.jsonl"])
-    with pytest.raises(LineageError, match="domain name"):
+    with pytest.raises(LineageError, match=r"domain .* is not a valid name"):
         add_domain(ws, "../escape", [tmp_path / "bad.jsonl"])
     write_txt(tmp_path / "ok.txt", DOCS[:5])
     (tmp_path / "empty.txt").write_text("")

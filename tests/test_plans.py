@@ -84,7 +84,7 @@ def setup(ws: Workspace, tmp: Path) -> None:
 def test_plan_routes_shards_and_round_trips(ws: Workspace, tmp_path: Path) -> None:
     setup(ws, tmp_path)
     plan = create_plan(ws, student="student", domains=["cs", "bio"], steps=1000)
-    assert plan.name == "student-cs+bio" and plan.student == "student"
+    assert plan.name == "student-cs-bio" and plan.student == "student"
     stored = ws.registry.plan(plan.name)
     assert stored.spec == plan.spec and ws.registry.plan(plan.id).name == plan.name
     spec = load_plan(ws, plan.name)
@@ -110,7 +110,7 @@ def test_plan_routes_shards_and_round_trips(ws: Workspace, tmp_path: Path) -> No
     assert sched.rate(0) == 1.0 and sched.rate(guided) == 0.0
     assert spec.teachers_used == ["t_cs", "t_bio"]
     again = create_plan(ws, student="student", domains=["cs", "bio"], steps=1000)
-    assert again.name == "student-cs+bio-2"
+    assert again.name == "student-cs-bio-2"
 
 
 def test_plan_refuses_a_tokenizer_mismatch(ws: Workspace, tmp_path: Path) -> None:

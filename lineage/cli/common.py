@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -59,9 +60,16 @@ CheckpointEveryOption = Annotated[int, typer.Option(help="Checkpoint every N ste
 SeedOption = Annotated[int, typer.Option(help="Seed for data order, masking and dropout.")]
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError (read-only folder, full disk, name too long, ...) as one line naming the path."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
 class LineageGroup(TyperGroup):
-    """Turns a LineageError into one clear message and exit code 1 (no traceback); its own
-    options get click's metavars (as LineageCommand's)."""
+    """Turns a LineageError, or an OSError from the file system, into one clear message and exit
+    code 1 (no traceback); its own options get click's metavars (as LineageCommand's)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,8 +79,11 @@ class LineageGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except LineageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=1) from None
+            message = str(exc)
+        except OSError as exc:
+            message = os_error_line(exc)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
 
 
 # Python types as click names them in help (TEXT, INTEGER, ...); lists show their element type.

@@ -214,3 +214,27 @@ def eval_(
         ["domain", "loss", "ppl", "tokens"],
         [(e.domain, f"{e.loss:.4f}", f"{e.ppl:.2f}", e.n_tokens) for e in evals],
     )
+
+
+@app.command()
+def verify(ctx: typer.Context, name: str, as_json: JsonOption = False) -> None:
+    """Hash a model's config and weights again and compare them with the sha256 recorded at
+    registration. Exits 1 when a file is missing, changed or new."""
+    from lineage.errors import LineageError
+    from lineage.registry.modelfiles import verify_files
+
+    model = workspace(ctx).registry.model(name)
+    if model.files is None:
+        raise LineageError(
+            f"{name!r} was registered before lineage recorded checksums: nothing to verify"
+        )
+    problems = verify_files(Path(model.path), model.files, full=True)
+    if as_json:
+        emit_json({"model": name, "ok": not problems, "files": model.files, "problems": problems})
+        if problems:
+            raise typer.Exit(code=1)
+        return
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LineageError(f"{name!r} differs from its registration: {problems[0]}{more}")
+    console.print(f"ok: {name} ({len(model.files)} files match their sha256)")

@@ -105,7 +105,7 @@ def train(
         two_stage_fraction=two_stage_fraction,
     )
     targets = tuple(domain or ())
-    name = output or f"{model}-{strategy}-{'-'.join(targets) or plan}"
+    name = f"{model}-{strategy}-{'-'.join(targets) or plan}" if output is None else output
     job = TrainJob(
         student=model,
         output=name,

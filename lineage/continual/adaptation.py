@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,13 @@ from lineage.continual.forgetting import (
 )
 from lineage.distributed import on_main
 from lineage.errors import LineageError
+from lineage.files import check_name
 from lineage.inherit.plans import compatible_teachers, create_plan, load_plan
 from lineage.inherit.schedules import SCHEDULE_KINDS
 from lineage.inherit.teachers import TEACHER_MODES
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
+from lineage.registry.modelinfo import check_block_size
 from lineage.train.assign import source_domains
 from lineage.train.job import STRATEGIES
 from lineage.train.lora import LoraSpec, is_adapter
@@ -66,6 +69,8 @@ class AdaptJob:
     study: str | None = None  # MLflow tag lineage.study; default "adapt <model> to <domains>"
 
     def __post_init__(self) -> None:
+        if self.output is not None:
+            check_name(self.output, "output")
         if self.strategy not in STRATEGIES:
             raise LineageError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if not self.domains and self.plan is None:
@@ -123,8 +128,9 @@ def _groups(ws: Workspace, job: AdaptJob) -> list[tuple[str, tuple[str, ...]]]:
     domains = job.domains or tuple(load_plan(ws, job.plan).domains)  # type: ignore[arg-type]
     tag = f"{job.strategy}{'-lora' if job.lora else ''}"
     if job.lora is None or len(domains) == 1:
-        return [(job.output or f"{job.model}-{tag}-{'-'.join(domains)}", domains)]
-    stem = job.output or f"{job.model}-{tag}"
+        default = f"{job.model}-{tag}-{'-'.join(domains)}"
+        return [(default if job.output is None else job.output, domains)]
+    stem = f"{job.model}-{tag}" if job.output is None else job.output
     return [(f"{stem}-{d}", (d,)) for d in domains]
 
 
@@ -202,6 +208,7 @@ def adapt(ws: Workspace, job: AdaptJob, *, progress: bool = True) -> list[Adapte
             f"{base.name!r} was not trained on any domain: adaptation continues a trained model "
             "(use `lineage train` for a new one)"
         )
+    check_block_size(base.name, Path(base.path), job.block_size)
     for d in job.domains:
         reg.domain(d)  # unknown names fail before any work
     out: list[Adapted] = []

@@ -54,10 +54,10 @@ from lineage.corpora.splits import (
     shard_documents,
 )
 from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.files import check_name
 from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LEFTOVER = re.compile(r"^(\.staging-[0-9a-f]{8}|[0-9a-f]{16})$")  # what add_domain writes
 FLAT_SHARD = re.compile(r"^(train-\d{5}|valid)\.txt$")  # shards before version folders
 
@@ -123,8 +123,15 @@ def load_card(sources: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def _check_name(name: str) -> None:
-    if not NAME.match(name):
-        raise LineageError(f"domain name {name!r}: use letters, digits, '_', '.', '-'")
+    check_name(name, "domain")
+
+
+def _shard_limit(shard_mb: float | None, default_mb: float) -> int:
+    """Bytes per train shard: a given size must be a number > 0 (never replaced by the default)."""
+    mb = default_mb if shard_mb is None else shard_mb
+    if not mb > 0:  # NaN too
+        raise LineageError(f"shard size must be > 0 MB, got {shard_mb}")
+    return int(mb * 1_000_000)
 
 
 @contextmanager
@@ -219,11 +226,11 @@ def add_domain(
         raise LineageError("--force goes with --replace (it removes what uses the old domain)")
     cfg = ws.config.domains
     policy = SplitPolicy(
-        valid_every or cfg.valid_every, cfg.seed, min_valid or cfg.min_valid_documents
+        cfg.valid_every if valid_every is None else valid_every,
+        cfg.seed,
+        min_valid or cfg.min_valid_documents,
     )
-    limit = int((shard_mb or cfg.shard_mb) * 1_000_000)
-    if limit <= 0:
-        raise LineageError(f"shard_mb must be > 0, got {shard_mb}")
+    limit = _shard_limit(shard_mb, cfg.shard_mb)
     with domain_lock(ws, name):
         clean_leftovers(ws, name)
         exists = any(d.name == name for d in ws.registry.domains())

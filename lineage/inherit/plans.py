@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lineage.errors import LineageError
+from lineage.files import check_name
 from lineage.inherit.schedules import SCHEDULE_KINDS, InheritanceSchedule, guided_steps_for
 from lineage.registry.entities import Model, Plan, Shard
 from lineage.registry.modelinfo import ENCODER, check_has_lm_head
@@ -270,6 +271,8 @@ def create_plan(
     models); without it a teacher is eligible only where the registry holds both perplexities
     on the shard's nearest domain (the router refuses the rest, naming what is missing).
     """
+    if name is not None:
+        check_name(name, "plan")
     if not (isinstance(steps, int) and steps >= 1):
         raise LineageError(f"steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(temperature) and temperature > 0) or top_k < 1:
@@ -309,7 +312,8 @@ def create_plan(
         )
     except ValueError as exc:
         raise LineageError(f"invalid plan: {exc}") from exc
-    plan_name = name or _free_name(reg, f"{student}-{'+'.join(spec.domains)}")
+    # the default name joins the domains with '-' ('+' is outside the name rule of every name)
+    plan_name = name if name is not None else _free_name(reg, f"{student}-{'-'.join(spec.domains)}")
     return reg.add_plan(plan_name, student, spec.to_dict())
 
 

@@ -241,6 +241,28 @@ class InheritanceSchedule:
             raise ValueError("a schedule needs at least kind and total_steps")
         return cls(**data)
 
+    @classmethod
+    def from_options(
+        cls, options: dict[str, Any], *, total_steps: int, default_steps: int
+    ) -> InheritanceSchedule:
+        """A teacher's schedule from ``--schedule key=value`` fields (``kind`` defaults to
+        linear) over the defaults: linear/auto guided for ``default_steps``, heaviside switching
+        there. ValueError names the bad field (``total_steps`` is the run's, not an option)."""
+        params = dict(options)
+        unknown = set(params) - {f.name for f in dataclasses.fields(cls)} - {"total_steps"}
+        if unknown or "total_steps" in params:
+            bad = ", ".join(sorted(unknown | ({"total_steps"} & set(params))))
+            raise ValueError(f"unknown schedule fields: {bad}")
+        kind = params.pop("kind", "linear")
+        if kind in ("linear", "auto") and "alpha_T" not in params and "guided_steps" not in params:
+            params["guided_steps"] = default_steps
+        elif kind == "heaviside":
+            params.setdefault("switch_step", default_steps)
+        try:
+            return cls(kind=kind, total_steps=total_steps, **params)
+        except TypeError as exc:  # a value of the wrong type, e.g. constant=abc
+            raise ValueError(f"bad schedule value ({exc})") from exc
+
 
 def inheritance_rate(
     step: int,

@@ -56,13 +56,13 @@ def cache_dir(
     mask = ""
     if teacher.objective == "mlm" and mask_probability != DEFAULT_MASK_PROBABILITY:
         mask = f"-M{mask_probability:g}"
-    return (
-        ws.caches_dir
-        / teacher.name
-        / fp
-        / f"T{block_size}-K{top_k}{mask}"
-        / blocks.shard.domain
-        / f"{blocks.shard.name}-{blocks.shard.digest[:12]}"
+    return ws.child_path(
+        ws.caches_dir,
+        teacher.name,
+        fp,
+        f"T{block_size}-K{top_k}{mask}",
+        blocks.shard.domain,
+        f"{blocks.shard.name}-{blocks.shard.digest[:12]}",
     )
 
 

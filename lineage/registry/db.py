@@ -157,6 +157,8 @@ class ModelRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     hub_id: Mapped[str | None] = mapped_column(String(200))  # e.g. "org/name" on the HF Hub
+    # file name -> {sha256, size, mtime_ns} of config and weights at registration (None: older)
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class EdgeRow(Base):

@@ -72,6 +72,7 @@ class Model(_Record):
     description: str
     created_at: datetime
     hub_id: str | None = None  # its Hugging Face Hub id, when it was published there
+    files: dict[str, Any] | None = None  # name -> {sha256, size, mtime_ns} at registration
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.files import check_name
 from lineage.registry import entities as E
 from lineage.registry.db import (
     RUN_STATUSES,
@@ -124,6 +125,7 @@ class RecordsMixin:
             return [_run(r, m) for r, m in s.execute(query)]
 
     def add_plan(self, name: str, student: str, spec: dict[str, Any]) -> E.Plan:
+        check_name(name, "plan")
         with self._write() as s:
             if s.scalar(select(PlanRow.id).where(PlanRow.name == name)) is not None:
                 raise ConflictError(f"a plan named {name!r} already exists")

@@ -89,6 +89,7 @@ def _model(r: ModelRow, loc: Locations) -> E.Model:
         r.description,
         r.created_at,
         r.hub_id,
+        r.files,
     )
 
 

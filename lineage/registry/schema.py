@@ -17,10 +17,14 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from lineage.errors import ConflictError, LineageError
+
+# Tables of the first revision: any of them without a revision means a lost alembic_version.
+LINEAGE_TABLES = frozenset({"models", "edges", "domains", "tokenizers"})
 
 
 def migrations_dir() -> Path:
@@ -96,12 +100,27 @@ def _locked(engine: Engine, step: Callable[[Connection], None]) -> None:
                 conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
+def refuse_unstamped(bind: Engine | Connection) -> None:
+    """A database with lineage's tables but no schema revision (an empty ``alembic_version``):
+    migrating it would create the tables again, so it is refused with what to do."""
+    tables = set(inspect(bind).get_table_names()) & LINEAGE_TABLES
+    if tables:
+        raise LineageError(
+            f"the registry database has lineage's tables ({', '.join(sorted(tables))}) but no "
+            "schema revision (alembic_version is empty); restore it from a backup, or record the "
+            "revision its tables match (INSERT INTO alembic_version VALUES ('REVISION'); this "
+            f"lineage's newest is {head_revision()}) before using it"
+        )
+
+
 def upgrade(engine: Engine, revision: str = "head", *, storage_root: Path | None = None) -> None:
     """Upgrade to ``revision`` under the lock; a database newer than the code is refused."""
 
     def step(conn: Connection) -> None:
         current = MigrationContext.configure(conn).get_current_revision()
-        if current is not None and current not in known_revisions():
+        if current is None:
+            refuse_unstamped(conn)
+        elif current not in known_revisions():
             raise newer_database(current)
         command.upgrade(alembic_config(conn, storage_root), revision)
 
@@ -129,6 +148,7 @@ def check_schema(
     if current == head:
         return head
     if current is None:
+        refuse_unstamped(engine)
         if upgrade_fresh:
             upgrade(engine, storage_root=storage_root)
             return head

@@ -8,6 +8,9 @@ every read returns plain entities from ``lineage.registry.entities``. Paths are 
 to the storage root (``lineage.registry.locations``).
 """
 
+# layout: longer than 500 lines because the registry's core API (models, edges, tokenizers,
+# domains) stays one class; names are checked here, at its boundary.
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.files import check_name
 from lineage.registry import entities as E
 from lineage.registry.ancestry import Direction, LineageGraph, edge_check, load_graph
 from lineage.registry.ancestry import graph_version as read_graph_version
@@ -136,9 +140,12 @@ class Registry(RecordsMixin):
         domains: Sequence[str] = (),
         description: str = "",
         hub_id: str | None = None,
+        files: dict[str, Any] | None = None,
     ) -> E.Model:
         """Register a model; ``hub_id`` is its Hugging Face Hub id ("org/name") when it is
-        published there (model cards then name it as a base model)."""
+        published there (model cards then name it as a base model); ``files`` are its config
+        and weights' digests (``model_files``)."""
+        check_name(name, "model")
         if hub_id is not None:
             check_hub_id(hub_id)
         with self._write() as s:
@@ -159,6 +166,7 @@ class Registry(RecordsMixin):
                 domains=list(domains),
                 description=description,
                 hub_id=hub_id,
+                files=files,
             )
             s.add(row)
             s.flush()
@@ -333,6 +341,7 @@ class Registry(RecordsMixin):
     def add_tokenizer(
         self, name: str, path: str, fingerprint: str, vocab_size: int, params: dict[str, Any]
     ) -> E.Tokenizer:
+        check_name(name, "tokenizer")
         with self._write() as s:
             if s.scalar(select(TokenizerRow.id).where(TokenizerRow.name == name)) is not None:
                 raise ConflictError(f"a tokenizer named {name!r} is already registered")
@@ -376,6 +385,7 @@ class Registry(RecordsMixin):
     ) -> E.Domain:
         """Register a domain (and its text shards, streamed: each row is flushed and let go) in
         one transaction."""
+        check_name(name, "domain")
         with self._write() as s:
             if s.scalar(select(DomainRow.id).where(DomainRow.name == name)) is not None:
                 raise ConflictError(f"a domain named {name!r} is already registered")

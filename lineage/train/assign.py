@@ -48,14 +48,9 @@ def source_domains(ws: Workspace, model: Model) -> list[str]:
 
 
 def _default_schedule(job: TrainJob, teacher: Model, student: Model) -> InheritanceSchedule:
-    params = dict(job.schedule)
-    kind = params.pop("kind", "linear")
     steps = job.config.steps
-    if kind in ("linear", "auto") and "alpha_T" not in params and "guided_steps" not in params:
-        params["guided_steps"] = guided_steps_for(
-            teacher.layers, student.layers, steps, objective=student.objective
-        )
-    return InheritanceSchedule(kind=kind, total_steps=steps, **params)
+    default = guided_steps_for(teacher.layers, student.layers, steps, objective=student.objective)
+    return InheritanceSchedule.from_options(job.schedule, total_steps=steps, default_steps=default)
 
 
 def assign_shards(ws: Workspace, job: TrainJob, student: Model) -> tuple[list[Assigned], TrainJob]:

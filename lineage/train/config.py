@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lineage.config import check_seed
 from lineage.errors import LineageError
 from lineage.models.evaluation import EvalResult
 
@@ -50,6 +51,11 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise LineageError(f"train config: {name} must be >= 0")
+        floats = ("lr", "warmup_ratio", "weight_decay", "eps", "clip", "temperature")
+        for name in (*floats, "two_stage_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise LineageError(f"train config: {name} must be a finite number")
+        check_seed(self.seed)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise LineageError("train config: lr must be a positive number")
         if not 0 <= self.warmup_ratio < 1:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineage.errors import LineageError
+from lineage.files import check_name
+from lineage.inherit.schedules import InheritanceSchedule
 from lineage.inherit.teachers import TEACHER_MODES
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Model
@@ -42,6 +44,7 @@ class TrainJob:
     # "train <student> on <domains>"
 
     def __post_init__(self) -> None:
+        check_name(self.output, "output")
         if self.strategy not in STRATEGIES:
             raise LineageError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
@@ -70,6 +73,23 @@ class TrainJob:
             raise LineageError(f"self-KI alpha must be in (0, 1], got {self.self_ki_alpha}")
         if set(self.replay_domains) & set(self.domains):
             raise LineageError("a replayed domain cannot also be a target domain")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """``--schedule`` fields through the schedule's own checks, before any work."""
+        if not self.schedule:
+            return
+        if self.strategy != "ki" or self.plan:
+            raise LineageError(
+                "--schedule sets the --teacher shortcut's schedule (a plan has its own)"
+            )
+        try:
+            InheritanceSchedule.from_options(
+                self.schedule, total_steps=self.config.steps, default_steps=1
+            )
+        except ValueError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in self.schedule.items())
+            raise LineageError(f"--schedule {shown}: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from lineage.inherit.schedules import AutoInheritance
 from lineage.inherit.teachers import check_same_vocabulary
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
-from lineage.registry.modelinfo import ModelInfo, check_has_lm_head, read_model_info
+from lineage.registry.modelfiles import check_model_files, model_files
+from lineage.registry.modelinfo import (
+    ModelInfo,
+    check_block_size,
+    check_has_lm_head,
+    read_model_info,
+)
 from lineage.train.assign import (
     Assigned,
     assign_shards,
@@ -107,6 +113,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     check_has_lm_head(student.name, student.objective, "a model to train")
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
+    _check_models(ws, job, student)
     for d in job.domains:
         reg.domain(d)
     assigned, job = assign_shards(ws, job, student)
@@ -117,9 +124,10 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     assigned += replayed
     for teacher in {a.teacher for a in assigned if a.teacher is not None}:
         check_same_vocabulary(reg.model(teacher), student)  # before any record is written
+        _check_teacher(ws, reg.model(teacher), job.block_size)
     state = process_state()
-    run_dir = ws.root / "runs" / job.output
-    out_dir = (ws.adapters_dir if job.lora else ws.models_dir) / job.output
+    run_dir = ws.child_path(ws.root / "runs", job.output)
+    out_dir = ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output)
     if out_dir.exists():
         raise ConflictError(f"{out_dir} already exists; choose another output name")
     if (run_dir / "checkpoints").exists() and not job.resume:
@@ -160,6 +168,24 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     return TrainOutcome(model, result, result.run_id, teacher_params)
 
 
+def _check_models(ws: Workspace, job: TrainJob, student: Model) -> None:
+    """The shortcut's teachers (what a teacher is refused for comes first), then the base:
+    block size against positions, files as registered; before any work."""
+    for name in job.teachers:
+        _check_teacher(ws, ws.registry.model(name), job.block_size)
+    check_block_size(student.name, Path(student.path), job.block_size)
+    check_model_files(student, "base model")
+
+
+def _check_teacher(ws: Workspace, teacher: Model, block_size: int) -> None:
+    """A teacher has an LM head, fits the blocks, its files are as registered, its caches' folder
+    lies inside the workspace."""
+    check_has_lm_head(teacher.name, teacher.objective, "a KI teacher")
+    check_block_size(teacher.name, Path(teacher.path), block_size)
+    check_model_files(teacher, "teacher")
+    ws.child_path(ws.caches_dir, teacher.name)
+
+
 def _train(
     ws: Workspace,
     job: TrainJob,
@@ -195,7 +221,7 @@ def _train(
         eval_sets=eval_sets(ws, job, student),
         sources=_sources(ws, job, student),
         objective=student.objective,
-        out_dir=(ws.adapters_dir if job.lora else ws.models_dir) / job.output,
+        out_dir=ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output),
         checkpoint_dir=run_dir / "checkpoints",
         tracker=tracker,
         schedules=schedules,
@@ -264,8 +290,9 @@ def _register(
     out_dir = result.model_dir
     domains = list(dict.fromkeys([*student.domains, *job.domains]))
     info = adapter_info(student, out_dir) if job.lora else read_model_info(out_dir)
+    files = model_files(out_dir)  # hashed before the registry's write lock is taken
     with reg.transaction():  # the model with all its edges and evaluations, or nothing
-        model = _register_rows(ws, job, student, result, teachers, self_ki, domains, info)
+        model = _register_rows(ws, job, student, result, teachers, self_ki, domains, info, files)
     ws.write_model_card(model.name)
     return model
 
@@ -279,12 +306,14 @@ def _register_rows(
     self_ki: dict[str, Any] | None,
     domains: list[str],
     info: ModelInfo,
+    files: dict[str, Any],
 ) -> Model:
     reg = ws.registry
     model = reg.add_model(
         job.output,
         str(result.model_dir),
         info,
+        files=files,
         domains=domains,
         description=f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from "
         f"{student.name} on {', '.join(job.domains)}",
