@@ -386,7 +386,7 @@ def test_two_rank_parts_merge_to_the_single_process_cache(tmp_path, clm_cache) -
     )
     first = None
     if single.format_version == 2:  # the main process calibrates on the shard's first batch
-        state = cache_mod.PartialState(cpu=True)
+        state = cache_parts.PartialState(cpu=True)
         spec, first = cache_parts.calibrate_codec(teacher, blocks, spec, state, V, DEFAULT_STEP)
     tmp = tmp_path / ".c.partial"
     tmp.mkdir()
