@@ -156,11 +156,6 @@ class Counting:
         return batch
 
 
-class Constant:
-    def rate(self, step: int) -> float:
-        return 0.5  # KI at every step: the costliest case
-
-
 def model_flops(model: nn.Module, head: str | None, tokens: int, targets: int, block: int) -> float:
     """FLOPs of one forward + backward over ``tokens`` positions, ``targets`` of them through
     the head (see the module docstring)."""
@@ -190,6 +185,7 @@ def measure(
     from lineage.corpora.batches import BlockShard, MixtureSampler
     from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
     from lineage.distributed import process_state
+    from lineage.inherit.schedules import InheritanceSchedule
     from lineage.models.modeling import TargetLogits
     from lineage.train.loop import Loop, Window
     from lineage.train.tracking import NullTracker
@@ -218,7 +214,9 @@ def measure(
         sampler,
         objective=objective,
         eval_sets={},
-        schedules={"teacher": Constant()} if mode == "ki" else {},
+        schedules={"teacher": InheritanceSchedule(kind="constant", constant=0.5, total_steps=1)}
+        if mode == "ki"
+        else {},
         auto_samples=None,
         tokenizer=None,
         accelerator=None,

@@ -21,6 +21,7 @@ from lineage.distributed import process_state
 from lineage.errors import LineageError
 from lineage.inherit.cache import CacheMeta, open_cache
 from lineage.inherit.cache_build import build_cache, state_digest
+from lineage.inherit.schedules import InheritanceSchedule
 from lineage.models.modeling import build_config, load_model
 from lineage.train.loop import Loop, Window
 from lineage.train.tracking import NullTracker
@@ -38,16 +39,6 @@ class _Vocab:
 
     def __len__(self) -> int:
         return 300
-
-
-class Constant:
-    """A fixed inheritance rate."""
-
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
-
-    def rate(self, step: int) -> float:
-        return self.alpha
 
 
 def tiny(objective: str, seed: int, dropout: bool = False) -> PreTrainedModel:
@@ -89,7 +80,9 @@ def _loop(objective: str, sampler: Any, config: TrainConfig, mode: str = "sl") -
         sampler,
         objective=objective,
         eval_sets={},
-        schedules={"t": Constant(0.4)} if mode != "sl" else {},
+        schedules={"t": InheritanceSchedule(kind="constant", constant=0.4, total_steps=1)}
+        if mode != "sl"
+        else {},
         auto_samples=None,
         tokenizer=None,
         accelerator=None,

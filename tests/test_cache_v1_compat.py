@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from lineage.corpora.batches import IGNORE_INDEX, MixtureSampler, causal_targets
 from lineage.errors import LineageError
 from lineage.inherit.cache import CacheMeta, open_cache
+from lineage.inherit.schedules import InheritanceSchedule
 from lineage.models.modeling import build_config
 from lineage.train.tracking import NullTracker
 from lineage.train.trainer import TrainConfig, train
@@ -28,14 +29,6 @@ class _Vocab:
 
     def __len__(self) -> int:
         return 300
-
-
-class Constant:
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
-
-    def rate(self, step: int) -> float:
-        return self.alpha
 
 
 def raw(objective: str, name: str) -> np.ndarray:
@@ -92,7 +85,7 @@ def test_student_trains_from_a_v1_cache(tmp_path: Path, objective: str, family: 
         student, config=config, sampler=MixtureSampler([shard], batch_size=3, seed=0),
         eval_sets={"fixture": BLOCKS[:4]} if objective == "clm" else {}, objective=objective, out_dir=tmp_path / "out",
         checkpoint_dir=tmp_path / "ckpt", tracker=tracker, progress=False,
-        schedules={"v1-teacher": Constant(0.5)},
+        schedules={"v1-teacher": InheritanceSchedule(kind="constant", constant=0.5, total_steps=1)},
     )  # fmt: skip
     assert result.step == 4
     for (_, total), (_, ce), (_, kl) in zip(
