@@ -170,9 +170,12 @@ def test_domain_add_says_how_it_split_and_remove_says_what_went(tmp_path: Path) 
     out = run("-w", ws, "domain", "add", "legal", str(legal))
     assert "legal.txt: one document per line (no blank lines; 60 lines" in out
     assert "--documents" in out and "60 documents" in out and "valid 6 " in out
+    assert "valid holds 4" in out and "smaller --block-size" in out  # 6 short lines: ~450 bytes
     assert "--replace" in run("-w", ws, "domain", "add", "legal", str(legal), code=1)
     out = run("-w", ws, "domain", "add", "legal", str(legal), "--replace", "--documents", "file")
     assert "Replaced domain legal: removed 2 shard(s)" in out and "characters held out" in out
+    out = run("-w", ws, "domain", "add", "legal", str(legal), "--replace", "--valid-every", "2")
+    assert "Replaced domain legal" in out and "valid holds" not in out  # ~30 lines: > 2 kB
     data = json.loads(run("-w", ws, "domain", "remove", "legal", "--json"))
     assert data["removed"]["shards"] == 2 and data["files"]
     assert "no domain named 'legal'" in run("-w", ws, "domain", "remove", "legal", code=1)

@@ -27,7 +27,10 @@ from lineage.corpora.domains import (
     remove_domain,
 )
 from lineage.errors import LineageError
+from lineage.models.shapes import DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import DomainUsage
+
+BYTES_PER_TOKEN = 4  # about, for byte-level BPE on English text: to warn of a short valid split
 
 app = make_app("Domains: named bodies of text, their shards, profiles and proximity.")
 
@@ -126,6 +129,12 @@ def add(
     )
     for skipped in report.skipped_empty_files:
         console.print(f"[yellow]skipped empty file[/] {skipped}")
+    if report.valid_bytes < BYTES_PER_TOKEN * DEFAULT_BLOCK_SIZE:
+        console.print(
+            f"[yellow]note[/]: valid holds {report.valid_bytes:,} bytes, likely less than one "
+            f"block of {DEFAULT_BLOCK_SIZE} tokens: evaluating on it will need a smaller "
+            "--block-size (or more text)"
+        )
 
 
 def _print_layouts(report: IngestReport, show: int = 5) -> None:

@@ -98,6 +98,7 @@ class IngestReport:
     documents: int = 0
     train_documents: int = 0
     valid_documents: int = 0
+    valid_bytes: int = 0
     bytes: int = 0
     words: int = 0
     skipped_empty_files: list[str] = field(default_factory=list)
@@ -273,6 +274,7 @@ def _ingest(
     train, valid = splitter.train.done, splitter.valid.done
     report.train_documents = sum(s["n_documents"] for s in train)
     report.valid_documents = sum(s["n_documents"] for s in valid)
+    report.valid_bytes = sum(s["n_bytes"] for s in valid)
     report.shards = len(train)
     version = hashlib.sha256("".join(s["digest"] for s in train + valid).encode()).hexdigest()
     final = ws.domains_dir / req.name / version[:16]
