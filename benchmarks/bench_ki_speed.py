@@ -52,18 +52,9 @@ INFO = TokenizerInfo(VOCAB, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2,
 VARIANTS = ("sl", "ki-v1", "ki-v2", "ki-online")
 
 
-class _Vocab:
-    """What ``build_config`` reads from a tokenizer: its length and special ids."""
-
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return VOCAB
-
-
 def model(family: str, shape: ModelShape, seed: int) -> PreTrainedModel:
     torch.manual_seed(seed)
-    config = build_config(family, shape, _Vocab(), BLOCK)  # type: ignore[arg-type]
+    config = build_config(family, shape, VOCAB, BLOCK)
     auto = AutoModelForMaskedLM if family == "roberta" else AutoModelForCausalLM
     return auto.from_config(config)
 

@@ -35,16 +35,9 @@ VOCAB = 8000  # train_tokenizer's default vocabulary size
 INFO = TokenizerInfo(VOCAB, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return VOCAB
-
-
 def model_for(family: str, preset: str, block: int) -> PreTrainedModel:
     torch.manual_seed(0)
-    config = build_config(family, preset, _Vocab(), block)
+    config = build_config(family, preset, VOCAB, block)
     auto = AutoModelForMaskedLM if family in ("roberta", "bert") else AutoModelForCausalLM
     return auto.from_config(config)
 

@@ -34,16 +34,9 @@ CASES = [f"{objective}-{mode}" for objective in FAMILY for mode in ("sl", "cache
 _DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop")
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 300
-
-
 def tiny(objective: str, seed: int, dropout: bool = False) -> PreTrainedModel:
     """A 2-layer, width-64 model of the objective's family (without dropout unless asked)."""
-    config = build_config(FAMILY[objective], "tiny", _Vocab(), 32)
+    config = build_config(FAMILY[objective], "tiny", 300, 32)
     for name in (*_DROPOUT, "attn_pdrop"):
         if hasattr(config, name) and not dropout:
             setattr(config, name, 0.0)

@@ -24,13 +24,6 @@ DATA = Path(__file__).parent / "data"
 BLOCKS = np.load(DATA / "v1-cache-blocks.npy")  # [6, 16], vocabulary 300
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 300
-
-
 def raw(objective: str, name: str) -> np.ndarray:
     return np.load(DATA / f"v1-cache-{objective}" / "part-00000" / f"{name}.npy")
 
@@ -75,7 +68,7 @@ def test_student_trains_from_a_v1_cache(tmp_path: Path, objective: str, family: 
     shard = open_cache(DATA / f"v1-cache-{objective}").shard("fixture", "v1-teacher")
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     torch.manual_seed(0)
-    student = auto.from_config(build_config(family, "tiny", _Vocab(), 16))
+    student = auto.from_config(build_config(family, "tiny", 300, 16))
     tracker = NullTracker()
     config = TrainConfig(
         steps=4, batch_size=3, lr=3e-3, eval_every=2, eval_blocks=4, checkpoint_every=0,

@@ -18,16 +18,9 @@ from lineage.models.modeling import build_config
 INFO = TokenizerInfo(vocab_size=300, pad_id=0, eos_id=2, mask_id=4, special_ids=(0, 1, 2, 3, 4))
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 300
-
-
 def tiny(family: str, seed: int = 0) -> PreTrainedModel:
     torch.manual_seed(seed)
-    config = build_config(family, "tiny", _Vocab(), 32)
+    config = build_config(family, "tiny", 300, 32)
     auto = AutoModelForMaskedLM if family in ("roberta", "bert") else AutoModelForCausalLM
     return auto.from_config(config)
 

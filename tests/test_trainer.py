@@ -30,15 +30,8 @@ BLOCKS = np.random.default_rng(0).integers(5, 300, size=(24, 32), dtype=np.uint1
 DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop")
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 300
-
-
 def tiny(family: str, seed: int = 0, dropout: bool = True) -> PreTrainedModel:
-    config = build_config(family, "tiny", _Vocab(), 32)
+    config = build_config(family, "tiny", 300, 32)
     if not dropout:
         for name in (*DROPOUT, "attn_pdrop"):
             if hasattr(config, name):

@@ -25,15 +25,8 @@ BLOCKS = np.random.default_rng(0).integers(5, 300, size=(24, 16), dtype=np.uint1
 LAYERS, L_B = 5, 2  # sub-models of 2, 4 and 5 layers
 
 
-class _Vocab:
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 300
-
-
 def model(family: str = "roberta", layers: int = LAYERS, seed: int = 0) -> PreTrainedModel:
-    config = build_config(family, ModelShape(layers, 32, 2, 64), _Vocab(), 16)
+    config = build_config(family, ModelShape(layers, 32, 2, 64), 300, 16)
     auto = AutoModelForMaskedLM if family in ("roberta", "bert") else AutoModelForCausalLM
     torch.manual_seed(seed)
     return auto.from_config(config)

@@ -25,7 +25,7 @@ from transformers import (
     RobertaConfig,
 )
 
-from lineage.corpora.tokenizer import load_tokenizer, save_tokenizer
+from lineage.corpora.tokenizer import SPECIAL_TOKENS, load_tokenizer, save_tokenizer
 from lineage.errors import LineageError
 from lineage.files import atomic_dir
 
@@ -40,14 +40,15 @@ from lineage.registry.modelinfo import ENCODER, read_model_info
 def build_config(
     family: str,
     shape: ModelShape | str,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | int,
     max_positions: int,
     *,
     dropout: float | None = None,
     init_range: float | None = None,
 ) -> PretrainedConfig:
     """A Hugging Face config for ``family`` at ``shape``; vocabulary and specials from the
-    tokenizer; SDPA attention. ``dropout`` (hidden and attention; default the HF 0.1 where the
+    tokenizer, or from a vocabulary size alone with the special ids `train_tokenizer` fixes
+    (for models whose tokenizer does not matter: tests, benchmarks); SDPA attention. ``dropout`` (hidden and attention; default the HF 0.1 where the
     family has it, the paper's setting) and ``init_range`` (std of the initial weights, default
     0.02) are the knobs a tiny MLM needs (/work/notes: dropout 0 trains faster at this size)."""
     config = _family_config(family, resolve_shape(shape), tokenizer, max_positions)
@@ -77,25 +78,36 @@ def _with_regularisation(
     return config
 
 
+def _vocabulary_ids(tokenizer: PreTrainedTokenizerBase | int) -> dict[str, Any]:
+    if isinstance(tokenizer, int):
+        pad, bos, eos = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<s>", "</s>"))
+        return {
+            "vocab_size": tokenizer,
+            "pad_token_id": pad,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+        }
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
 def _family_config(
-    family: str, s: ModelShape, tokenizer: PreTrainedTokenizerBase, max_positions: int
+    family: str, s: ModelShape, tokenizer: PreTrainedTokenizerBase | int, max_positions: int
 ) -> PretrainedConfig:
     objective_of_family(family)
     if max_positions < 2:
         raise LineageError("max_positions must be >= 2")
     if s.kv_heads is not None and s.kv_heads != s.heads and family != "llama":
         raise LineageError("grouped-query attention (kv_heads) is only supported for llama")
-    ids: dict[str, Any] = {
-        "attn_implementation": "sdpa",
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    ids: dict[str, Any] = {"attn_implementation": "sdpa", **_vocabulary_ids(tokenizer)}
     if family in ("roberta", "bert"):
         cls = RobertaConfig if family == "roberta" else BertConfig
         # RoBERTa numbers positions from pad_token_id + 1: it needs that many extra slots.
-        extra = (tokenizer.pad_token_id or 0) + 1 if family == "roberta" else 0
+        extra = (ids["pad_token_id"] or 0) + 1 if family == "roberta" else 0
         return cls(
             hidden_size=s.hidden,
             num_hidden_layers=s.layers,
