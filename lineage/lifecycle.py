@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lineage.config import check_seed
-from lineage.corpora.blocks import domain_blocks, valid_blocks
+from lineage.corpora.blocks import valid_blocks
 from lineage.corpora.domains import domain_texts
 from lineage.corpora.tokenizer import (
     TokenizerInfo,
@@ -29,11 +29,9 @@ from lineage.corpora.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
 from lineage.files import check_name
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
-from lineage.inherit.teachers import ensure_cache
 from lineage.models.evaluation import EvalResult, evaluate
 from lineage.models.modeling import (
     ModelShape,
@@ -43,9 +41,10 @@ from lineage.models.modeling import (
     resolve_shape,
 )
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
-from lineage.registry.entities import Cache, Evaluation, Model, Tokenizer
+from lineage.registry.entities import Evaluation, Model, Tokenizer
 from lineage.registry.modelfiles import check_model_files, model_files
 from lineage.registry.modelinfo import check_block_size, check_has_lm_head, read_model_info
+from lineage.train.caches import build_caches as build_caches
 from lineage.train.checkpoints import atomic_dir
 from lineage.train.runs import job_tracker, recorded, remove_unregistered
 from lineage.workspace import Workspace
@@ -418,48 +417,3 @@ def _grow(
         )
         return model, GrowthReport(src.name, new, record, None, None, None, why)
     return model, GrowthReport(src.name, new, record, domain, scores[0], scores[1])
-
-
-def build_caches(
-    ws: Workspace,
-    teacher_name: str,
-    domains: Sequence[str],
-    *,
-    top_k: int = 10,
-    block_size: int,
-    progress: bool = True,
-    mask_probability: float = 0.15,
-    format_version: int | None = None,
-) -> list[Cache]:
-    """``lineage cache build``: the teacher's caches for every train shard of ``domains``, as
-    one job (an MLflow run and a registry run, FAILED with the error if anything raises). A
-    shard that already has a cache of at least ``top_k`` keeps it (it serves this K too);
-    ``format_version`` is that of the caches built (default: ``build_cache``'s)."""
-    reg = ws.registry
-    teacher = reg.model(teacher_name)
-    check_block_size(teacher.name, Path(teacher.path), block_size)
-    check_model_files(teacher, "teacher")
-    ws.child_path(ws.caches_dir, teacher.name)  # a name from an old registry cannot escape
-    if top_k < 1 or top_k > max(teacher.vocab_size, 1):
-        raise LineageError(f"top-K must be in [1, {teacher.vocab_size}] (the vocabulary): {top_k}")
-    for domain in domains:
-        reg.domain(domain)
-    params = {"teacher": teacher_name, "domains": list(domains), "top_k": top_k}
-    params |= {"block_size": block_size, "format": format_version}
-    if teacher.objective == "mlm":
-        params["mask_probability"] = mask_probability
-    main = process_state().is_main_process
-    tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
-    tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
-    with recorded(reg, "cache", tracker, config=params, main=main):
-        tracker.log_params(params)
-        lm = load_model(Path(teacher.path))
-        for domain in domains:
-            for blocks in domain_blocks(ws, domain, "train", Path(teacher.path), block_size):
-                ensure_cache(
-                    ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress,
-                    mask_probability=mask_probability, format_version=format_version,
-                )  # fmt: skip
-        caches = [c for c in reg.caches(teacher_name) if c.domain in set(domains)]
-        tracker.log_metrics({"caches": len(caches)}, step=0)
-    return caches

@@ -52,8 +52,15 @@ def _latest(ws: Workspace, model: str) -> dict[str, float]:
 @pytest.mark.integration
 def test_ki_adaptation_routes_teachers_and_logs_forgetting(with_cs_expert: Workspace) -> None:
     ws = with_cs_expert
+    with pytest.raises(LineageError, match="--no-build-caches: .* expert-cs on cs/"):
+        adapt(ws, adapt_job(build_caches=False), progress=False)  # routed, nothing built
+    assert ws.registry.caches() == [] and not ws.registry.has_model("teacher-lit-ki-cs")
     (run,) = adapt(ws, adapt_job(), progress=False)
     reg = ws.registry
+    listed = run.outcome.caches  # listed (with estimates) before they were built
+    assert {c["teacher"] for c in listed} == {"expert-cs"}
+    assert all(not c["existing"] and c["seconds"] > 0 for c in listed)
+    assert {c["path"] for c in listed} == {c.path for c in reg.caches()}
     assert run.model is not None and run.model.name == "teacher-lit-ki-cs"
     assert run.model.domains == ["literature", "cs"]
     edges = {(e.parent, e.kind): e for e in reg.edges(run.model.name)}

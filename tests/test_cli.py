@@ -197,16 +197,18 @@ def test_cache_build_formats_list_and_verify(family_ws) -> None:
     common = ("-w", ws, "cache", "build", "--teacher", "teacher-lit", "-d", "literature")
     assert "must be v1 or v2" in run(*common, "--format", "v3", code=1)
     assert family_ws.registry.caches() == []
-    built = run_json(*common, "--top-k", "6", "--block-size", "32", "--format", "v1")
+    built = run_json(*common, "--top-k", "6", "--block-size", "32", "--format", "v1")["caches"]
     assert built and {c["top_k"] for c in built} == {6}
     listed = run("-w", ws, "cache", "list")
     assert "v1" in listed and "v2" not in listed
     verified = " ".join(run("-w", ws, "cache", "verify", built[0]["path"]).split())  # unwrapped
     assert "format v1, K = 6" in verified
     again = run_json(*common, "--top-k", "4", "--block-size", "32")
-    assert [c["path"] for c in again] == [c["path"] for c in built]  # K = 6 serves K = 4
-    wider = run_json(*common, "--top-k", "8", "--block-size", "32")
-    assert {c["top_k"] for c in wider} == {6, 8}
+    assert [c["path"] for c in again["caches"]] == [c["path"] for c in built]  # K = 6 serves 4
+    assert all(p["existing"] and p["seconds"] is None for p in again["planned"])
+    wider = run_json(*common, "--top-k", "8", "--block-size", "32")["caches"]
+    assert {c["top_k"] for c in wider} == {8}  # the caches serving this request
+    assert {c.top_k for c in family_ws.registry.caches()} == {6, 8}
     new = [c["path"] for c in wider if c["top_k"] == 8]
     assert all(
         "format v2, K = 8" in " ".join(run("-w", ws, "cache", "verify", p).split()) for p in new

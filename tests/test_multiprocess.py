@@ -143,7 +143,7 @@ def test_cache_built_on_two_processes_then_ki_from_it_then_adapted(
             "32",
             "--json",
         )
-    )
+    )["caches"]
     w = Workspace.open(ws)
     caches = w.registry.caches("teacher-lit")
     assert sorted(c["path"] for c in built) == sorted(c.path for c in caches)  # each once

@@ -71,6 +71,14 @@ def adapt_command(
         list[str] | None, typer.Option("--param", "-p", help="Schedule parameter key=value.")
     ] = None,
     teacher_mode: TeacherModeOption = "cached",
+    build_caches: Annotated[
+        bool,
+        typer.Option(
+            "--build-caches/--no-build-caches",
+            help="Build the teacher caches the run needs (listed first with their estimated "
+            "time and size); --no-build-caches stops before any work when one is missing.",
+        ),
+    ] = True,
     batch_size: BatchSizeOption = 16,
     lr: LrOption = 5e-4,
     block_size: BlockSizeOption = DEFAULT_BLOCK_SIZE,
@@ -111,6 +119,7 @@ def adapt_command(
         schedule=schedule,
         schedule_params=parse_params(param or []),
         teacher_mode=teacher_mode,
+        build_caches=build_caches,
         block_size=block_size,
         config=config,
         study=study,
@@ -125,6 +134,7 @@ def adapt_command(
             "teachers": sorted(r.outcome.teachers),
             "final": {d: e.ppl for d, e in r.outcome.result.final_eval.items()},
             "forgetting": r.metrics,
+            "caches": r.outcome.caches,
         }
         for r in runs
     ]

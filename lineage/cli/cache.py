@@ -12,6 +12,7 @@ from lineage.cli.common import (
     QuietOption,
     console,
     emit_json,
+    err_console,
     quiet_mode,
     table,
     workspace,
@@ -47,17 +48,39 @@ def build(
             "v1: plain arrays (default above).",
         ),
     ] = None,
+    max_blocks: Annotated[
+        int | None,
+        typer.Option(help="Cache only each shard's first N blocks (a cheaper, partial cache)."),
+    ] = None,
+    data_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Cache only this share of each shard's first blocks (as train --data-fraction)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the teacher once over the domains' training blocks and store its top-K logits.
 
-    A shard whose cache already holds at least K entries per row keeps it: a cache of K
-    serves every K' <= K."""
+    The caches to build are listed first with an estimated time (the teacher timed on two
+    blocks) and size. A shard whose cache already holds at least K entries per row over at
+    least the blocks asked for keeps it: a cache of K serves every K' <= K. A cache of the first
+    N blocks (--max-blocks, --data-fraction) serves only jobs that read at most those blocks
+    (train/adapt --data-fraction), never one that reads the whole shard."""
     from lineage.errors import LineageError
-    from lineage.lifecycle import build_caches
+    from lineage.inherit.cache_costs import PlannedCache, describe
+    from lineage.train.caches import build_caches
 
     if format_ not in (None, "v1", "v2"):
         raise LineageError(f"--format must be v1 or v2, not {format_!r}")
+    planned: list[PlannedCache] = []
+
+    def announce(items: list[PlannedCache]) -> None:
+        planned.extend(items)
+        if not as_json and not quiet:
+            for line in describe(items):
+                err_console.print(line, highlight=False, soft_wrap=True)
+
     caches = build_caches(
         workspace(ctx),
         teacher,
@@ -67,9 +90,18 @@ def build(
         progress=quiet_mode(quiet, as_json),
         mask_probability=mask_rate,
         format_version=None if format_ is None else int(format_[1]),
+        max_blocks=max_blocks,
+        data_fraction=data_fraction,
+        announce=announce,
     )
     if as_json:
-        emit_json([c.to_dict() for c in caches])
+        emit_json(
+            {
+                "caches": [c.to_dict() for c in caches],
+                "planned": [p.to_dict() for p in planned],
+                "estimated_seconds": sum(p.seconds or 0.0 for p in planned),
+            }
+        )
     else:
         console.print(f"{len(caches)} cache(s) for {teacher}: " + ", ".join(c.path for c in caches))
 
@@ -87,7 +119,7 @@ def list_(
         return
     table(
         "logit caches",
-        ["teacher", "domain", "K", "format", "blocks", "targets", "path"],
+        ["teacher", "domain", "K", "format", "blocks", "of", "targets", "path"],
         [
             (
                 c.teacher,
@@ -95,6 +127,7 @@ def list_(
                 c.top_k,
                 f"v{c.manifest.get('format', 1)}",
                 c.manifest.get("n_blocks"),
+                c.manifest.get("shard_blocks") or "all",
                 c.manifest.get("n_targets"),
                 c.path,
             )

@@ -54,6 +54,14 @@ def train(
         ),
     ] = None,
     teacher_mode: TeacherModeOption = "cached",
+    build_caches: Annotated[
+        bool,
+        typer.Option(
+            "--build-caches/--no-build-caches",
+            help="Build the teacher caches the run needs (listed first with their estimated "
+            "time and size); --no-build-caches stops before any work when one is missing.",
+        ),
+    ] = True,
     top_k: Annotated[int, typer.Option(help="Teacher logits kept per target (cache).")] = 10,
     mask_rate: Annotated[
         float, typer.Option(help="MLM: share of tokens masked in training (and the cache).")
@@ -115,6 +123,7 @@ def train(
         plan=plan,
         schedule=parse_params(schedule or []),
         teacher_mode=teacher_mode,
+        build_caches=build_caches,
         top_k=top_k,
         mask_probability=mask_rate,
         block_size=block_size,
@@ -135,6 +144,7 @@ def train(
         "eval_share": r.eval_time_s / max(r.wall_time_s, 1e-9),
         "final": {d: {"loss": e.loss, "ppl": e.ppl} for d, e in r.final_eval.items()},
         "teachers": outcome.teachers,
+        "caches": outcome.caches,
     }
     if as_json:
         emit_json(summary)

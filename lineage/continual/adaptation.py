@@ -63,6 +63,7 @@ class AdaptJob:
     schedule: str = "linear"  # teachers' inheritance-rate schedule when the router plans
     schedule_params: dict[str, Any] = field(default_factory=dict)  # its parameters
     teacher_mode: str = "cached"  # "cached" (top-K logit caches) or "online"
+    build_caches: bool = True  # build missing teacher caches (False: refuse, naming them)
     top_k: int = 10  # teacher logits kept per target
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per block
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -183,6 +184,7 @@ def _train_job(job: AdaptJob, output: str, domains: tuple[str, ...], plan: str |
         strategy=job.strategy,
         plan=plan,
         teacher_mode=job.teacher_mode,
+        build_caches=job.build_caches,
         top_k=job.top_k,
         block_size=job.block_size,
         data_fraction=job.data_fraction,

@@ -60,6 +60,14 @@ def domain_blocks(
     return [shard_blocks(ws, s, tokenizer_dir, block_size) for s in shards]
 
 
+def fraction_blocks(n_blocks: int, fraction: float) -> int:
+    """How many of a shard's first blocks a data fraction keeps (at least one): the same count
+    for training (``--data-fraction``) and for the caches built for it."""
+    if not 0 < fraction <= 1:
+        raise LineageError(f"data fraction must be in (0, 1], got {fraction}")
+    return max(1, int(n_blocks * fraction))
+
+
 def valid_blocks(
     ws: Workspace, domain: str, tokenizer_dir: Path, block_size: int, max_blocks: int | None = None
 ) -> np.ndarray:

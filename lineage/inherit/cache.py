@@ -143,6 +143,13 @@ class CacheManifest:
     format_version: int = FORMAT_VERSION
     codec: dict | None = None  # format 2: CodecSpec.to_dict()
     files: dict[str, FileInfo] = field(default_factory=dict)  # format 2: codec/ tables
+    # A cache of the shard's first n_blocks only (cache build --max-blocks/--data-fraction):
+    # the whole shard's block count; None when the cache covers the whole shard.
+    shard_blocks: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.shard_blocks is not None and self.shard_blocks > self.n_blocks
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -34,10 +34,12 @@ from lineage.inherit.cache import (
 )
 from lineage.inherit.cache_parts import (
     PartSpec,
+    block_targets,
     build_part,
     calibrate_codec,
     file_info,
     index_dtype,
+    teacher_topk,
 )
 from lineage.inherit.codec import DEFAULT_STEP
 
@@ -159,6 +161,7 @@ def build_cache(
     overwrite: bool = False,
     format_version: int | None = None,
     codec_step: float = DEFAULT_STEP,
+    shard_blocks: int | None = None,
 ) -> CacheManifest:
     """Run ``teacher`` once over ``blocks`` [n, T] and write its top-K logits to ``out_dir``.
 
@@ -168,10 +171,14 @@ def build_cache(
     range of MLM's random replacement tokens (default: the teacher's vocabulary). The teacher is
     moved to ``device`` (default: this rank's) and run in eval mode, bf16 autocast on CUDA.
     ``format_version``: 2 (coded rows; the default up to K = MAX_CODED_K) or 1 (plain arrays);
-    ``codec_step``: format 2's value grid in nats (``lineage.inherit.codec``).
+    ``codec_step``: format 2's value grid in nats (``lineage.inherit.codec``);
+    ``shard_blocks``: the whole shard's block count when ``blocks`` are only its first rows
+    (recorded in the manifest: such a cache never serves a job that reads the whole shard).
     """
     state = process_state()  # CPU ranks on gloo (else each would build the whole cache alone)
     _check_blocks(blocks)
+    if shard_blocks is not None and shard_blocks < len(blocks):
+        raise LineageError(f"shard_blocks {shard_blocks} < the {len(blocks)} blocks given")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ConflictError(f"{out_dir} already exists (pass overwrite=True to rebuild)")
@@ -202,6 +209,8 @@ def build_cache(
         state.wait_for_everyone()
         if state.is_main_process:
             manifest = _merge_manifest(tmp, state.num_processes, full_meta, blocks, spec, vocab)
+            if shard_blocks is not None and shard_blocks > len(blocks):
+                manifest = replace(manifest, shard_blocks=shard_blocks)
             _publish(tmp, out_dir, manifest, overwrite)
         state.wait_for_everyone()
     except BaseException:
@@ -210,6 +219,36 @@ def build_cache(
     finally:
         teacher.train(was_training)
     return _read_manifest(out_dir)
+
+
+def forward_seconds_per_block(
+    teacher: PreTrainedModel,
+    blocks: np.ndarray,
+    top_k: int,
+    device: torch.device | str | None = None,
+    sample: int = 2,
+) -> float:
+    """Seconds per block of the teacher's forward and top-K (a build's main cost), timed on the
+    first ``sample`` blocks after a one-block warm-up: what a cache build's estimate
+    extrapolates from (coding and writing add a few per cent on CPU; bench_real_checkpoint)."""
+    import time
+
+    _check_blocks(blocks)
+    run_device = torch.device(device) if device is not None else process_state().device
+    was_training = teacher.training
+    teacher.eval().to(run_device)
+    k = min(int(top_k), int(teacher.config.vocab_size))
+    try:
+        n = min(sample, len(blocks))
+        for rows in (blocks[:1], blocks[:n]):  # warm-up, then the timed batch
+            inputs, labels = block_targets(rows, 0, "clm", None)
+            start = time.perf_counter()
+            values, _ = teacher_topk(teacher, inputs, labels, k, run_device)
+            values.cpu()  # waits for an accelerator
+            elapsed = time.perf_counter() - start
+    finally:
+        teacher.train(was_training)
+    return elapsed / n
 
 
 def _shared_tmp_dir(out_dir: Path, state: Any) -> Path:

@@ -49,20 +49,25 @@ def cache_dir(
     blocks: ShardBlocks,
     top_k: int,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
+    n_blocks: int | None = None,
 ) -> Path:
-    """Where the cache lives; an MLM cache at another mask rate than 15 % gets its own folder."""
+    """Where the cache lives; an MLM cache at another mask rate than 15 % gets its own folder,
+    and a cache of the shard's first ``n_blocks`` only (fewer than the shard has) its own name."""
     fp = str(teacher.tokenizer_fingerprint)[:16]
     block_size = blocks.blocks.shape[1]
     mask = ""
     if teacher.objective == "mlm" and mask_probability != DEFAULT_MASK_PROBABILITY:
         mask = f"-M{mask_probability:g}"
+    first = ""
+    if n_blocks is not None and n_blocks < len(blocks.blocks):
+        first = f"-first{n_blocks}"
     return ws.child_path(
         ws.caches_dir,
         teacher.name,
         fp,
         f"T{block_size}-K{top_k}{mask}",
         blocks.shard.domain,
-        f"{blocks.shard.name}-{blocks.shard.digest[:12]}",
+        f"{blocks.shard.name}-{blocks.shard.digest[:12]}{first}",
     )
 
 
@@ -82,22 +87,26 @@ def find_cache(
     blocks: ShardBlocks,
     top_k: int,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
+    need: int | None = None,
 ) -> Path | None:
-    """The teacher's registered cache of this shard (at this mask rate) that serves ``top_k``:
-    the one built for that K, else the smallest K above it (its rows' first ``top_k`` entries
-    are the top-K)."""
-
-    def where(k: int) -> Path:
-        return cache_dir(ws, teacher, blocks, k, mask_probability)
-
-    if where(top_k).exists():
-        return where(top_k)
-    wider = [
-        c.top_k
-        for c in ws.registry.caches(teacher.name)
-        if c.top_k > top_k and Path(c.path) == where(c.top_k) and Path(c.path).exists()
-    ]
-    return where(min(wider)) if wider else None
+    """The teacher's registered cache of this shard (at this mask rate) that serves ``top_k``
+    over the shard's first ``need`` blocks (default: all of them): the whole-shard cache built
+    for that K, else the smallest registered one that covers it (a wider K: its rows' first
+    ``top_k`` entries are the top-K; a cache of the first N blocks serves only jobs reading at
+    most those N, never one that reads the whole shard)."""
+    total = len(blocks.blocks)
+    need = total if need is None else min(need, total)
+    if cache_dir(ws, teacher, blocks, top_k, mask_probability).exists():
+        return cache_dir(ws, teacher, blocks, top_k, mask_probability)
+    fits = []
+    for c in ws.registry.caches(teacher.name):
+        n = int(c.manifest.get("n_blocks") or 0)
+        partial = c.manifest.get("shard_blocks") is not None and n < total
+        covered = n if partial else total
+        where = cache_dir(ws, teacher, blocks, c.top_k, mask_probability, n if partial else None)
+        if c.top_k >= top_k and covered >= need and Path(c.path) == where and where.exists():
+            fits.append((covered, c.top_k, where))
+    return min(fits)[2] if fits else None
 
 
 def ensure_cache(
@@ -111,28 +120,32 @@ def ensure_cache(
     progress: bool = True,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     format_version: int | None = None,
+    max_blocks: int | None = None,
 ) -> LogitCache:
-    """A cache of the teacher for this shard holding at least ``top_k`` entries per row:
-    opened and verified (``find_cache``), or built now for ``top_k`` and registered.
+    """A cache of the teacher for this shard holding at least ``top_k`` entries per row and at
+    least the shard's first ``max_blocks`` blocks (default: all): opened and verified
+    (``find_cache``), or built now for ``top_k`` over those blocks and registered.
     ``mask_probability``: an MLM cache's mask rate (recorded in its manifest, checked on open);
     ``format_version``: of a cache built here (default: ``build_cache``'s)."""
     if not 0.0 < mask_probability < 1.0:
         raise LineageError(f"mask probability must lie in (0, 1), got {mask_probability}")
     block_size = blocks.blocks.shape[1]
-    found = find_cache(ws, teacher, blocks, top_k, mask_probability)
+    total = len(blocks.blocks)
+    need = total if max_blocks is None else max(1, min(max_blocks, total))
+    found = find_cache(ws, teacher, blocks, top_k, mask_probability, need)
     if found is not None:
         cache = open_cache(found, expect=expected_meta(teacher, block_size, None))
         if int(cache.meta.top_k or 0) < top_k:  # a cache directory renamed by hand
             raise LineageError(f"cache {found} holds the top {cache.meta.top_k}, not {top_k}")
         return _check_mask(cache, teacher, mask_probability)
-    path = cache_dir(ws, teacher, blocks, top_k, mask_probability)
+    path = cache_dir(ws, teacher, blocks, top_k, mask_probability, need)
     expect = expected_meta(teacher, block_size, top_k)
     if lm is None:
         lm = load_model(Path(teacher.path))
     info = TokenizerInfo.of(load_tokenizer(Path(teacher.path)))
     manifest = build_cache(
         lm,
-        blocks.blocks,
+        blocks.blocks[:need],
         path,
         objective=teacher.objective,  # type: ignore[arg-type]
         meta=expect,
@@ -144,6 +157,7 @@ def ensure_cache(
         progress=progress,
         mask_probability=mask_probability,
         format_version=format_version,
+        shard_blocks=total if need < total else None,
     )
 
     def register() -> None:  # the main process alone writes the registry
@@ -157,6 +171,7 @@ def ensure_cache(
                     "n_targets": manifest.n_targets,
                     "shard": blocks.key,
                     "format": manifest.format_version,
+                    "shard_blocks": manifest.shard_blocks,
                 },
                 blocks.shard.domain,
             )

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from lineage.corpora.batches import BlockShard, ShardSource
-from lineage.corpora.blocks import ShardBlocks, shard_blocks, valid_blocks
+from lineage.corpora.blocks import ShardBlocks, fraction_blocks, shard_blocks, valid_blocks
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import ConflictError, LineageError
 from lineage.inherit.cache import CachedShard
+from lineage.inherit.cache_costs import PlannedCache, plan_teacher_caches
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import InheritanceSchedule, guided_steps_for
 from lineage.inherit.teachers import ensure_cache
@@ -132,8 +133,32 @@ def replay_shards(ws: Workspace, job: TrainJob, student: Model) -> list[Assigned
 
 
 def _scarce(blocks: ShardBlocks, fraction: float) -> ShardBlocks:
-    keep = max(1, int(len(blocks.blocks) * fraction))
+    keep = fraction_blocks(len(blocks.blocks), fraction)
     return dataclasses.replace(blocks, blocks=blocks.blocks[:keep])
+
+
+def _read_blocks(job: TrainJob, a: Assigned) -> int:
+    """How many of the shard's first blocks the job reads (its data fraction of a target)."""
+    n = len(a.blocks.blocks)
+    return fraction_blocks(n, job.data_fraction) if job.data_fraction < 1 and not a.replay else n
+
+
+def planned_caches(ws: Workspace, job: TrainJob, assigned: list[Assigned]) -> list[PlannedCache]:
+    """The teacher caches the job reads (cached mode), found or to build with estimates: each
+    covers the blocks the job reads of its shard (``find_cache``'s rule)."""
+    if job.teacher_mode != "cached":
+        return []
+    by_teacher: dict[str, list[tuple[ShardBlocks, int]]] = {}
+    for a in assigned:
+        if a.teacher is not None:
+            by_teacher.setdefault(a.teacher, []).append((a.blocks, _read_blocks(job, a)))
+    out: list[PlannedCache] = []
+    for name, shards in by_teacher.items():
+        out += plan_teacher_caches(
+            ws, ws.registry.model(name), shards, top_k=job.top_k,
+            mask_probability=job.mask_probability,
+        )  # fmt: skip
+    return out
 
 
 def shard_sources(
@@ -184,6 +209,7 @@ def shard_sources(
                 top_k=job.top_k,
                 progress=progress,
                 mask_probability=job.mask_probability,
+                max_blocks=len(blocks.blocks),
             )
             shard = cache.shard(blocks.key, a.teacher, top_k=job.top_k)
             sources.append(_ScarceCached(shard, len(blocks.blocks)))
@@ -210,7 +236,7 @@ def cache_params(sources: list[ShardSource]) -> dict[str, list[dict[str, Any]]]:
 
 
 class _ScarceCached:
-    """A cached shard limited to its first ``n`` blocks (the cache covers the whole shard)."""
+    """A cached shard limited to its first ``n`` blocks (the cache may cover more)."""
 
     def __init__(self, inner: Any, n: int) -> None:
         self.inner, self.n = inner, min(n, len(inner))

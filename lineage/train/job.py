@@ -40,6 +40,7 @@ class TrainJob:
     self_ki: bool = False  # replay batches are taught by the student's own (pre-run) predictions
     self_ki_alpha: float = 0.5  # constant inheritance rate of that self-KI term
     lora: LoraSpec | None = None  # train a LoRA adapter (saved under adapters/), not all weights
+    build_caches: bool = True  # build missing teacher caches (False: refuse, naming them)
     study: str | None = None  # groups runs that compare (MLflow tag lineage.study); default:
     # "train <student> on <domains>"
 
@@ -98,3 +99,4 @@ class TrainOutcome:
     result: TrainResult
     run_id: str | None
     teachers: dict[str, dict[str, Any]]  # teacher -> edge parameters
+    caches: list[dict[str, Any]] = field(default_factory=list)  # PlannedCache.to_dict, each

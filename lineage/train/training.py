@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from lineage.corpora.batches import MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
+from lineage.inherit.cache_costs import describe, refuse_missing
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import AutoInheritance
 from lineage.inherit.teachers import check_same_vocabulary
@@ -34,6 +36,7 @@ from lineage.train.assign import (
     auto_samples,
     cache_params,
     eval_sets,
+    planned_caches,
     replay_shards,
     replay_weights,
     shard_sources,
@@ -49,6 +52,8 @@ from lineage.train.trainer import TrainResult, train
 from lineage.workspace import Workspace
 
 __all__ = ["TrainJob", "TrainOutcome", "run_training"]
+
+log = logging.getLogger(__name__)
 
 
 def strategy_label(job: TrainJob) -> str:
@@ -125,6 +130,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     for teacher in {a.teacher for a in assigned if a.teacher is not None}:
         check_same_vocabulary(reg.model(teacher), student)  # before any record is written
         _check_teacher(ws, reg.model(teacher), job.block_size)
+    caches = _announce_caches(ws, job, assigned)
     state = process_state()
     run_dir = ws.child_path(ws.root / "runs", job.output)
     out_dir = ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output)
@@ -165,7 +171,19 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
                 raise
             tracker.set_tags({"lineage.registered": model.name})
             rec.succeed(model.name)
-    return TrainOutcome(model, result, result.run_id, teacher_params)
+    return TrainOutcome(model, result, result.run_id, teacher_params, caches)
+
+
+def _announce_caches(ws: Workspace, job: TrainJob, assigned: list[Assigned]) -> list[dict]:
+    """The teacher caches the job reads, logged (stderr) before any is built; with
+    ``build_caches`` off, a missing one stops the job here, before any record."""
+    planned = planned_caches(ws, job, assigned)
+    if planned and process_state().is_main_process:
+        for line in describe(planned):
+            log.info("teacher cache: %s", line)
+    if not job.build_caches:
+        refuse_missing(planned)
+    return [p.to_dict() for p in planned]
 
 
 def _check_models(ws: Workspace, job: TrainJob, student: Model) -> None:
