@@ -175,14 +175,22 @@ def evaluate_model(
     step: int = 0,
     mlflow_run_id: str | None = None,
 ) -> list[Evaluation]:
-    """Perplexity on each domain's valid split (fixed MLM masks), stored as Evaluations."""
+    """Perplexity on each domain's valid split (fixed MLM masks), stored as Evaluations. A LoRA
+    adapter is scored through its base (``load_for_inference``: loaded onto it and merged)."""
+    from lineage.continual.adapters import load_for_inference
+    from lineage.train.lora import adapter_base
+
     model = ws.registry.model(model_name)
     check_has_lm_head(model.name, model.objective, "a model to evaluate")
-    check_block_size(model.name, Path(model.path), block_size)
+    base = adapter_base(ws.registry, model.name)
+    check_block_size(model.name, Path((base or model).path), block_size)
     for d in domains:
         ws.registry.domain(d)
     device = default_device()
-    lm = load_model(Path(model.path), device=device)
+    if base is None:
+        lm = load_model(Path(model.path), device=device)
+    else:
+        lm, _ = load_for_inference(ws, model, device=str(device))
     info = TokenizerInfo.of(load_tokenizer(Path(model.path)))
     out = []
     for d in domains:

@@ -19,6 +19,7 @@ from lineage.continual.adapters import load_for_inference
 from lineage.continual.forgetting import domain_forgetting
 from lineage.corpora.batches import MixtureSampler
 from lineage.errors import LineageError
+from lineage.routing.router import regret
 from lineage.train.assign import replay_weights
 from lineage.train.lora import LoraSpec
 from lineage.train.trainer import TrainConfig
@@ -52,7 +53,7 @@ def _latest(ws: Workspace, model: str) -> dict[str, float]:
 @pytest.mark.integration
 def test_ki_adaptation_routes_teachers_and_logs_forgetting(with_cs_expert: Workspace) -> None:
     ws = with_cs_expert
-    with pytest.raises(LineageError, match="--no-build-caches: .* expert-cs on cs/"):
+    with pytest.raises(LineageError, match=r"--no-build-caches: .* expert-cs on cs/"):
         adapt(ws, adapt_job(build_caches=False), progress=False)  # routed, nothing built
     assert ws.registry.caches() == [] and not ws.registry.has_model("teacher-lit-ki-cs")
     (run,) = adapt(ws, adapt_job(), progress=False)
@@ -74,6 +75,11 @@ def test_ki_adaptation_routes_teachers_and_logs_forgetting(with_cs_expert: Works
     # the student and than the shard's unigram model; elsewhere self-learning, with reasons
     shards = plan.spec["shards"]
     assert "expert-cs" in {s["teacher"] for s in shards} <= {"expert-cs", None}
+    shown = CliRunner().invoke(app, ["-w", str(ws.root), "plan", "show", str(run.plan)])
+    assert shown.exit_code == 0 and "regret" in shown.output  # measured: vs the oracle
+    taught = [s for s in shards if s["teacher"] == "expert-cs"]
+    assert all(regret(s["teacher"], s["scores"]) == 0.0 for s in taught)  # the only eligible
+    assert "+0.000" in shown.output
     assert all(c["reason"] for s in shards if s["teacher"] is None for c in s["scores"])
     # Evaluations on the target AND the source, before (step 0, base) and after.
     after, before = _latest(ws, run.model.name), _latest(ws, "teacher-lit")

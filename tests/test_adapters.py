@@ -4,6 +4,7 @@ against references, and routing a text to its domain's adapter or expert."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from transformers import (
     RobertaConfig,
     RobertaForMaskedLM,
 )
+from typer.testing import CliRunner
 
+from lineage.cli import app
 from lineage.continual.adaptation import AdaptJob, adapt
 from lineage.continual.adapters import match_for_domain, route_to_adapter, score, text_perplexity
 from lineage.corpora.domains import domain_texts
@@ -186,6 +189,14 @@ def test_a_literature_text_routes_to_the_literature_adapter(family_ws: Workspace
         config=config,
     )
     adapt(family_ws, job, progress=False)
+    # The adapter scores through its base: `model eval` gives the run's own final evaluation.
+    (trained,) = family_ws.registry.evaluations(model="lit-adapter", domain="literature")
+    args = ["-w", str(family_ws.root), "model", "eval", "lit-adapter", "-d", "literature"]
+    out = CliRunner().invoke(app, [*args, "--block-size", "32", "--max-blocks", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    (scored_now,) = json.loads(out.stdout)
+    assert scored_now["ppl"] == pytest.approx(trained.ppl, rel=1e-4)
+    assert scored_now["n_tokens"] == trained.n_tokens
     text = next(iter(domain_texts(family_ws, "literature", "valid")))
     domain, match = route_to_adapter(family_ws, text, "teacher-lit")
     assert domain == "literature" and match is not None and match.name == "lit-adapter"

@@ -320,6 +320,20 @@ def test_route_inputs(ws: Workspace, tmp_path: Path) -> None:
         router.route(3)  # type: ignore[arg-type]
 
 
+def test_a_decisions_regret_needs_measured_eligible_teachers() -> None:
+    from lineage.routing.router import format_regret, regret
+
+    def row(model: str, ppl: float | None, source: str = "measured", ok: bool = True) -> dict:
+        return {"model": model, "ppl": ppl, "ppl_source": source, "eligible": ok}
+
+    rows = [row("a", 20.0), row("b", 10.0), row("c", 5.0, ok=False)]
+    assert regret("b", rows) == 0.0 and format_regret(regret("b", rows)) == "+0.000"
+    assert regret("a", rows) == pytest.approx(math.log(2))  # the refused c does not count
+    assert regret(None, rows) is None and format_regret(None) == ""
+    assert regret("a", [row("a", 20.0), row("b", 10.0, "registry:cs")]) is None
+    assert regret("a", [{"model": "a", "ppl": 3.0, "eligible": True}]) is None  # old plans
+
+
 def test_regret_against_oracle_and_random() -> None:
     profiles = {n: domain_profile(n) for n in DOMAINS}
     router = Router(profiles, [cand(f"t_{n}", n) for n in DOMAINS])

@@ -10,6 +10,7 @@ from lineage.cli.common import JsonOption, console, emit_json, parse_params, tab
 from lineage.cli.common import app as make_app
 from lineage.inherit.plans import PlanSpec, create_plan, load_plan
 from lineage.inherit.schedules import SCHEDULE_KINDS
+from lineage.routing.router import format_regret, regret
 
 app = make_app("Plans: which teacher teaches each shard of a student's training data, and how.")
 
@@ -46,7 +47,10 @@ def create(
     name: Annotated[str | None, typer.Option(help="Plan name (default: student-domains).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Route every train shard of the domains to a teacher and store the plan."""
+    """Route every train shard of the domains to a teacher and store the plan.
+
+    Measured plans show each shard's regret: ln(ppl of the chosen teacher / the lowest measured
+    ppl of an eligible one), nats; 0 is the oracle's choice."""
     chosen: str | list[str] = "auto" if not teachers or teachers == ["auto"] else teachers
     plan = create_plan(
         workspace(ctx),
@@ -124,12 +128,13 @@ def _print(name: str, plan_id: int, spec: PlanSpec) -> None:
                 f"{s.nearest_domain} {s.proximity:.1%}",
                 s.teacher or "- (self-learning)",
                 f"{chosen.get('total', 0.0):+.3f}" if s.teacher else "",
+                format_regret(regret(s.teacher, s.scores)),
                 f"{s.guided_steps:,}",
                 ", ".join(f"{c['model']} {c['total']:+.2f}" for c in s.scores),
             )
         )
     table(
         "shards",
-        ["shard", "nearest domain", "teacher", "score", "guided steps", "all scores"],
+        ["shard", "nearest domain", "teacher", "score", "regret", "guided steps", "all scores"],
         rows,
     )

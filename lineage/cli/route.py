@@ -9,7 +9,7 @@ import typer
 
 from lineage.cli.common import JsonOption, console, emit_json, table, workspace
 from lineage.errors import LineageError
-from lineage.routing.router import Router
+from lineage.routing.router import Router, format_regret
 
 
 def route(
@@ -43,7 +43,10 @@ def route(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Route texts to teachers: nearest domain, chosen teacher (or none: self-learning), scores."""
+    """Route texts to teachers: nearest domain, chosen teacher (or none: self-learning), scores.
+
+    The regret column (measured runs): ln(ppl of the chosen teacher / the lowest measured ppl
+    of an eligible teacher on the shard), in nats; 0 is the oracle's choice."""
     items: list[str | Path] = [*(paths or []), *(text or [])]
     if not items:
         raise LineageError("give a file to route, or --text TEXT")
@@ -63,7 +66,7 @@ def route(
         return
     table(
         "routing",
-        ["shard", "nearest domain", "proximity", "teacher", "score", "runner-up"],
+        ["shard", "nearest domain", "proximity", "teacher", "score", "regret", "runner-up"],
         [
             (
                 a.shard,
@@ -71,6 +74,7 @@ def route(
                 f"{a.proximity:.1%}",
                 a.teacher or "- (self-learning)",
                 next((f"{s.total:+.3f}" for s in a.scores if s.model == a.teacher), ""),
+                format_regret(a.regret),
                 next((f"{s.model} {s.total:+.3f}" for s in a.scores if s.model != a.teacher), ""),
             )
             for a in assignments

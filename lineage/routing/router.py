@@ -49,6 +49,23 @@ Routable = str | Path | Shard | VocabularyProfile
 Measurer = Callable[["CandidateInfo", Sequence[str]], "float | None"]
 
 
+def regret(teacher: str | None, scores: Sequence[Mapping[str, Any]]) -> float | None:
+    """ln(ppl of the chosen teacher / the lowest measured ppl among eligible candidates),
+    nats (0: the oracle's choice); None unless the chosen and the eligible were measured on
+    the shard. ``scores``: ``CandidateScore.to_dict()`` rows (as plans store them)."""
+    ok = [s for s in scores if s.get("eligible")]
+    measured = [s for s in ok if s.get("ppl") is not None and s.get("ppl_source") == "measured"]
+    ppl = {s["model"]: float(s["ppl"]) for s in measured}
+    if teacher is None or len(ppl) < len(ok) or teacher not in ppl:
+        return None
+    return math.log(ppl[teacher] / min(ppl.values()))
+
+
+def format_regret(value: float | None) -> str:
+    """A table cell: '+0.000' nats, or '' when not measured."""
+    return "" if value is None else f"{value:+.3f}"
+
+
 @dataclass(frozen=True)
 class Assignment:
     """The router's decision for one shard: ``teacher`` None means self-learning (α = 0)."""
@@ -65,14 +82,8 @@ class Assignment:
 
     @property
     def regret(self) -> float | None:
-        """ln(ppl of the chosen teacher / the lowest measured ppl among eligible candidates),
-        nats (0: the oracle's choice); None unless the chosen and the eligible were measured
-        on this shard."""
-        ok = [s for s in self.scores if s.eligible]
-        ppl = {s.model: s.ppl for s in ok if s.ppl is not None and s.ppl_source == "measured"}
-        if self.teacher is None or len(ppl) < len(ok):
-            return None
-        return math.log(ppl[self.teacher] / min(ppl.values()))
+        """``regret(teacher, scores)`` of this decision."""
+        return regret(self.teacher, [s.to_dict() for s in self.scores])
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
