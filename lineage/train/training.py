@@ -119,8 +119,6 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     if reg.has_model(job.output):
         raise ConflictError(f"a model named {job.output!r} is already registered")
     _check_models(ws, job, student)
-    for d in job.domains:
-        reg.domain(d)
     assigned, job = assign_shards(ws, job, student)
     replayed = replay_shards(ws, job, student)
     if replayed:
@@ -130,7 +128,7 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     for teacher in {a.teacher for a in assigned if a.teacher is not None}:
         check_same_vocabulary(reg.model(teacher), student)  # before any record is written
         _check_teacher(ws, reg.model(teacher), job.block_size)
-    caches = _announce_caches(ws, job, assigned)
+    caches = _announce_caches(ws, job, assigned)  # listed (or refused) before any record
     state = process_state()
     run_dir = ws.child_path(ws.root / "runs", job.output)
     out_dir = ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output)
@@ -188,11 +186,13 @@ def _announce_caches(ws: Workspace, job: TrainJob, assigned: list[Assigned]) -> 
 
 def _check_models(ws: Workspace, job: TrainJob, student: Model) -> None:
     """The shortcut's teachers (what a teacher is refused for comes first), then the base:
-    block size against positions, files as registered; before any work."""
+    block size against positions, files as registered; then the domains; before any work."""
     for name in job.teachers:
         _check_teacher(ws, ws.registry.model(name), job.block_size)
     check_block_size(student.name, Path(student.path), job.block_size)
     check_model_files(student, "base model")
+    for d in job.domains:
+        ws.registry.domain(d)  # unknown names fail before any work
 
 
 def _check_teacher(ws: Workspace, teacher: Model, block_size: int) -> None:
