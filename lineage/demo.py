@@ -354,7 +354,7 @@ def _reach_table(
         table.add_row(
             str(row["run"]),
             f"{row['final_ppl']:.2f}",
-            str(row["steps_to_baseline"] or "not reached"),
+            "not reached" if row["steps_to_baseline"] is None else str(row["steps_to_baseline"]),
             saved,
         )
     st.console.print(table)

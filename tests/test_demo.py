@@ -79,6 +79,11 @@ def test_quick_demo_builds_the_family(tmp_path: Path) -> None:
     summary = json.loads((root / "demo-summary.json").read_text())
     assert {"proximity", "ki_vs_sl", "generations", "growth", "adaptation"} <= set(summary)
     assert summary["ki_vs_sl"][0]["run"] == "g2-sl"
+    table_rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    for row in summary["ki_vs_sl"] + summary["generations"]:
+        (line,) = [line for line in table_rows if line.startswith(f"│ {row['run']} ")]
+        # A grown model may start below the target: reached at step 0, not "not reached".
+        assert ("not reached" in line) == (row["steps_to_baseline"] is None), line
     ws.close()
 
 
