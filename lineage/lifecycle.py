@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from lineage.corpora.tokenizer import (
     train_tokenizer,
 )
 from lineage.errors import ConflictError, LineageError
+from lineage.faults import fault_point
 from lineage.files import check_name
 from lineage.growth.expand import GrowthMethod, GrowthRecord, grow_model, growth_warnings
 from lineage.models.evaluation import EvalResult, evaluate
@@ -44,9 +44,10 @@ from lineage.models.shapes import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
 from lineage.registry.entities import Evaluation, Model, Tokenizer
 from lineage.registry.modelfiles import check_model_files, model_files
 from lineage.registry.modelinfo import check_block_size, check_has_lm_head, read_model_info
+from lineage.registry.reservations import reserved_output
 from lineage.train.caches import build_caches as build_caches
 from lineage.train.checkpoints import atomic_dir
-from lineage.train.runs import job_tracker, recorded, remove_unregistered
+from lineage.train.runs import fail_mlflow_runs, job_tracker, recorded
 from lineage.workspace import Workspace
 
 GROWTH_FILE = "growth.json"  # the full GrowthRecord, beside a grown model's weights
@@ -71,22 +72,24 @@ def train_workspace_tokenizer(
     for d in domains:
         ws.registry.domain(d)  # unknown names fail before any work
     out = ws.child_path(ws.models_dir, "tokenizers", name)
-    if out.exists():
-        raise LineageError(f"{out} already exists")
 
     def texts():  # type: ignore[no-untyped-def]
         for d in domains:
             yield from domain_texts(ws, d, "train")
 
-    fingerprint = train_tokenizer(texts(), out, vocab_size=vocab_size, min_frequency=min_frequency)
-    size = len(load_tokenizer(out))
     params = {
         "domains": list(domains),
         "vocab_size": vocab_size,
         "min_frequency": min_frequency,
         "kind": "byte-level-bpe",
     }
-    return ws.registry.add_tokenizer(name, str(out), fingerprint, size, params)
+    with reserved_output(ws.registry, name, out, job="tokenizer", kind="tokenizer"):
+        fingerprint = train_tokenizer(
+            texts(), out, vocab_size=vocab_size, min_frequency=min_frequency
+        )
+        fault_point("tokenizer.saved")  # published, not yet registered
+        size = len(load_tokenizer(out))
+        return ws.registry.add_tokenizer(name, str(out), fingerprint, size, params)
 
 
 def register_workspace_tokenizer(ws: Workspace, source: str, name: str | None = None) -> Tokenizer:
@@ -99,17 +102,12 @@ def register_workspace_tokenizer(ws: Workspace, source: str, name: str | None = 
     name = name or (source if reg.has_model(source) else src.resolve().name)
     if any(t.name == name for t in reg.tokenizers()):
         raise ConflictError(f"a tokenizer named {name!r} is already registered")
-    out = ws.models_dir / "tokenizers" / name
-    if out.exists():
-        raise ConflictError(f"{out} already exists; choose another --name")
-    fingerprint = import_tokenizer(src, out)
-    try:
+    out = ws.child_path(ws.models_dir, "tokenizers", check_name(name, "tokenizer"))
+    with reserved_output(reg, name, out, job="tokenizer", kind="tokenizer"):
+        fingerprint = import_tokenizer(src, out)
         tokenizer = load_tokenizer(out)
         params = describe_tokenizer(tokenizer, out) | {"source": str(src.resolve())}
         return reg.add_tokenizer(name, str(out), fingerprint, len(tokenizer), params)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def create_workspace_model(
@@ -144,24 +142,27 @@ def create_workspace_model(
     if ws.registry.has_model(name):
         raise LineageError(f"a model named {name!r} is already registered")
     out = ws.child_path(ws.models_dir, name)
-    create_model(
-        family,
-        resolve_shape(shape),
-        tok_dir,
-        out,
-        seed=seed,
-        max_positions=max_positions,
-        dropout=dropout,
-        init_range=init_range,
-    )
-    return ws.registry.add_model(
-        name,
-        str(out),
-        read_model_info(out),
-        description=description
-        or f"{family} {resolve_shape(shape).to_dict()}, random init (seed {seed}), {source}",
-        files=model_files(out),
-    )
+    with reserved_output(ws.registry, name, out, job="create"):
+        fault_point("create.reserved")
+        create_model(
+            family,
+            resolve_shape(shape),
+            tok_dir,
+            out,
+            seed=seed,
+            max_positions=max_positions,
+            dropout=dropout,
+            init_range=init_range,
+        )
+        fault_point("create.saved")  # published, not yet registered
+        return ws.registry.add_model(
+            name,
+            str(out),
+            read_model_info(out),
+            description=description
+            or f"{family} {resolve_shape(shape).to_dict()}, random init (seed {seed}), {source}",
+            files=model_files(out),
+        )
 
 
 def evaluate_model(
@@ -315,8 +316,6 @@ def grow_workspace_model(
     if reg.has_model(new):
         raise ConflictError(f"a model named {new!r} is already registered")
     out = ws.child_path(ws.models_dir, new)
-    if out.exists():
-        raise ConflictError(f"{out} already exists; choose another name")
     registered = {d.name for d in reg.domains()}
     if sample_domain is not None:
         reg.domain(sample_domain)  # a named domain must exist
@@ -334,14 +333,27 @@ def grow_workspace_model(
         "sample_domain": domain,
     }
     tags = {"lineage.model": new, "lineage.parents": source, "lineage.strategy": "grow"}
+    with reserved_output(reg, new, out, job="grow") as reservation:
+        fault_point("grow.reserved")
+        fail_mlflow_runs(ws.tracking_uri, reservation.stale_runs)
+        return _grow_job(ws, src, new, params, block_size, max_blocks, tags)
+
+
+def _grow_job(
+    ws: Workspace,
+    src: Model,
+    new: str,
+    params: dict[str, Any],
+    block_size: int,
+    max_blocks: int | None,
+    tags: dict[str, str],
+) -> tuple[Model, GrowthReport]:
+    """The grow job's records around ``_grow``, with its scores logged to MLflow."""
     tracker = job_tracker(ws, new, tags)
-    with recorded(reg, "grow", tracker, config=params) as rec:
+    with recorded(ws.registry, "grow", tracker, config=params) as rec:
         tracker.log_params(params)
-        try:
-            model, report = _grow(ws, src, new, params, block_size, max_blocks, tracker.run_id)
-        except BaseException:
-            remove_unregistered(reg, new, out)
-            raise
+        model, report = _grow(ws, src, new, params, block_size, max_blocks, tracker.run_id)
+        fault_point("grow.registered")
         if report.source_eval is not None and report.grown_eval is not None:
             tracker.log_metrics(
                 {
@@ -366,7 +378,6 @@ def _grow(
     run_id: str | None,
 ) -> tuple[Model, GrowthReport]:
     """Grow, score, save and register (one transaction): the body of `grow_workspace_model`."""
-    reg = ws.registry
     domain, method, seed = params["sample_domain"], params["method"], params["seed"]
     out = ws.child_path(ws.models_dir, new)
     device = default_device()
@@ -394,29 +405,9 @@ def _grow(
         grown.save_pretrained(str(tmp))  # safetensors
         save_tokenizer(load_tokenizer(Path(src.path)), tmp, position_limit(grown.config))
         (tmp / GROWTH_FILE).write_text(record.to_json(), encoding="utf-8")
-    shape = f"{params['layers']} layers x {params['hidden']}"
-    model_info, files = read_model_info(out), model_files(out)
-    with reg.transaction():  # the model, its edge and its scores, or nothing
-        model = reg.add_model(
-            new,
-            str(out),
-            model_info,
-            domains=src.domains,
-            description=f"{method.upper()} growth of {src.name} to {shape} (seed {seed})",
-            files=files,
-        )
-        reg.add_edge(src.name, new, "grow", params=growth_edge_params(record), mlflow_run_id=run_id)
-        for name, score in zip((src.name, new), scores, strict=False):
-            reg.add_evaluation(
-                name,
-                domain,  # type: ignore[arg-type]  # scores exist only with a domain
-                loss=score.loss,
-                ppl=score.ppl,
-                n_tokens=score.n_tokens,
-                step=0,
-                mlflow_run_id=run_id,
-            )
-    ws.write_model_card(new)
+        fault_point("grow.written")  # the files are in the temporary folder, not yet published
+    fault_point("grow.saved")  # published, not yet registered
+    model = _register_grown(ws, src, new, out, params, record, scores, run_id)
     if not scores:
         why = (
             f"{src.name!r} was trained on no registered domain"
@@ -425,3 +416,40 @@ def _grow(
         )
         return model, GrowthReport(src.name, new, record, None, None, None, why)
     return model, GrowthReport(src.name, new, record, domain, scores[0], scores[1])
+
+
+def _register_grown(
+    ws: Workspace,
+    src: Model,
+    new: str,
+    out: Path,
+    params: dict[str, Any],
+    record: GrowthRecord,
+    scores: list[EvalResult],
+    run_id: str | None,
+) -> Model:
+    """The grown model, its grow edge, its scores and its card: one transaction."""
+    reg = ws.registry
+    shape = f"{params['layers']} layers x {params['hidden']}"
+    description = (
+        f"{params['method'].upper()} growth of {src.name} to {shape} (seed {params['seed']})"
+    )
+    model_info, files = read_model_info(out), model_files(out)
+    with reg.transaction():  # the model, its edge, its scores and its card, or nothing
+        model = reg.add_model(
+            new, str(out), model_info, domains=src.domains, description=description, files=files
+        )
+        fault_point("grow.registering")  # inside the transaction: none of it is committed
+        reg.add_edge(src.name, new, "grow", params=growth_edge_params(record), mlflow_run_id=run_id)
+        for name, score in zip((src.name, new), scores, strict=False):
+            reg.add_evaluation(
+                name,
+                params["sample_domain"],
+                loss=score.loss,
+                ppl=score.ppl,
+                n_tokens=score.n_tokens,
+                step=0,
+                mlflow_run_id=run_id,
+            )
+        ws.write_model_card(new)  # in the published folder; a card only with its rows
+    return model

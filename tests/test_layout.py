@@ -22,6 +22,8 @@ STAGES: dict[str, int] = {
     "lineage.config": 0,
     "lineage.environment": 0,
     "lineage.distributed": 0,
+    "lineage.faults": 0,
+    "lineage.owners": 0,
     "lineage.registry": 1,
     "lineage.migrations": 1,  # migrations/ ships as lineage.migrations: the registry's schema
     "lineage.workspace": 2,

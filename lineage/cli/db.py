@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy.engine import Engine
@@ -71,20 +71,61 @@ def current(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def check(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Check the registry: no cycle among the edges, no edge to a missing model, and every
-    registered model, adapter, tokenizer, cache and shard path present on this machine.
-    Exits 1 when anything is wrong."""
+def check(
+    ctx: typer.Context,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what killed jobs left: fail their RUNNING runs, release their reserved "
+            "names, delete temporaries and folders no row points at (not while a job runs).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="With --repair: also other hosts' jobs (their processes cannot be seen)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the registry: no cycle among the edges, no edge to a missing model, every
+    registered model, adapter, tokenizer, cache and shard path present on this machine, model
+    files as recorded at registration; and what killed jobs left (stale RUNNING runs and
+    reservations, temporaries, orphan folders). Exits 1 when anything is wrong (after
+    ``--repair``: when anything is still wrong)."""
+    from lineage.errors import LineageError
     from lineage.registry.checks import run_checks
+    from lineage.registry.leftovers import Folders, folder_checks
+    from lineage.registry.leftovers import repair as repair_leftovers
 
-    found = run_checks(workspace(ctx).registry)
+    if force and not repair:
+        raise LineageError("--force goes with --repair")
+    ws = workspace(ctx)
+    folders = Folders(ws.models_dir, ws.adapters_dir, ws.caches_dir, ws.domains_dir)
+    repaired = None
+    if repair:
+        from lineage.train.runs import fail_mlflow_runs
+
+        repaired = repair_leftovers(ws.registry, folders, force=force)
+        fail_mlflow_runs(ws.tracking_uri, repaired.mlflow_runs)
+    found = run_checks(ws.registry) | folder_checks(ws.registry, folders)
     problems = [f for findings in found.values() for f in findings]
     if as_json:
-        emit_json({"ok": not problems} | {k: [f.to_dict() for f in v] for k, v in found.items()})
-    elif problems:
-        rows = [(f.check, f.subject, f.problem) for f in problems]
-        table("registry problems", ["check", "subject", "problem"], rows)
+        data: dict[str, Any] = {"ok": not problems}
+        data |= {k: [f.to_dict() for f in v] for k, v in found.items()}
+        if repaired is not None:
+            data["repaired"] = {"done": repaired.done, "skipped": repaired.skipped}
+        emit_json(data)
     else:
-        console.print(f"registry OK ({', '.join(found)})")
+        for line in repaired.done if repaired else []:
+            console.print(f"repaired: {line}")
+        for line in repaired.skipped if repaired else []:
+            console.print(f"left: {line}")
+        if problems:
+            rows = [(f.check, f.subject, f.problem) for f in problems]
+            table("registry problems", ["check", "subject", "problem"], rows)
+        else:
+            console.print(f"registry OK ({', '.join(found)})")
     if problems:
         raise typer.Exit(code=1)

@@ -217,16 +217,39 @@ def eval_(
 
 
 @app.command()
-def verify(ctx: typer.Context, name: str, as_json: JsonOption = False) -> None:
+def verify(
+    ctx: typer.Context,
+    name: str,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Record the checksums of a model registered before lineage recorded them "
+            "(its files as they are now).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Hash a model's config and weights again and compare them with the sha256 recorded at
     registration. Exits 1 when a file is missing, changed or new."""
     from lineage.errors import LineageError
-    from lineage.registry.modelfiles import verify_files
+    from lineage.registry.modelfiles import model_files, verify_files
 
-    model = workspace(ctx).registry.model(name)
+    reg = workspace(ctx).registry
+    model = reg.model(name)
+    if record:
+        if model.files is not None:
+            raise LineageError(f"{name!r} has its checksums already (recorded at registration)")
+        files = model_files(Path(model.path))
+        if not files:
+            raise LineageError(f"{model.path} holds no config or weights to record")
+        reg.record_model_files(name, files)
+        console.print(f"recorded: {name} ({len(files)} files)")
+        return
     if model.files is None:
         raise LineageError(
-            f"{name!r} was registered before lineage recorded checksums: nothing to verify"
+            f"{name!r} was registered before lineage recorded checksums: nothing to verify "
+            f"(record them with `lineage model verify --record {name}`)"
         )
     problems = verify_files(Path(model.path), model.files, full=True)
     if as_json:

@@ -54,6 +54,7 @@ from lineage.corpora.splits import (
     shard_documents,
 )
 from lineage.errors import ConflictError, LineageError, NotFoundError
+from lineage.faults import fault_point
 from lineage.files import check_name
 from lineage.registry.entities import Domain, DomainUsage
 from lineage.workspace import Workspace
@@ -252,6 +253,7 @@ def add_domain(
         staging.mkdir(parents=True)
         try:
             domain = _ingest(ws, request, files, staging, report)
+            fault_point("domain.registered")  # committed; the staging folder is still there
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             clean_leftovers(ws, name)  # an unreferenced version folder, or the replaced one
@@ -280,10 +282,12 @@ def _ingest(
     final = ws.domains_dir / req.name / version[:16]
     shards, profile = profile_shards(ws, staging, final, train, valid, req.progress)
     report.words = profile.n_words
+    fault_point("domain.staged")  # shards written and profiled, not yet published
     if final.exists():  # the registered domain already holds exactly this text
         shutil.rmtree(staging)
     else:
         os.replace(staging, final)
+    fault_point("domain.published")  # the version folder is in place, no row points at it
     card = load_card(req.sources)
     with ws.registry.transaction() as reg:
         if req.replace:

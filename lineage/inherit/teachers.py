@@ -12,7 +12,8 @@ from lineage.corpora.blocks import ShardBlocks
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.distributed import on_main
 from lineage.errors import LineageError
-from lineage.inherit.cache import CacheMeta, LogitCache, open_cache
+from lineage.faults import fault_point
+from lineage.inherit.cache import CacheManifest, CacheMeta, LogitCache, open_cache
 from lineage.inherit.cache_build import build_cache
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
@@ -137,7 +138,13 @@ def ensure_cache(
         cache = open_cache(found, expect=expected_meta(teacher, block_size, None))
         if int(cache.meta.top_k or 0) < top_k:  # a cache directory renamed by hand
             raise LineageError(f"cache {found} holds the top {cache.meta.top_k}, not {top_k}")
-        return _check_mask(cache, teacher, mask_probability)
+        cache = _check_mask(cache, teacher, mask_probability)
+        if not any(Path(c.path) == found for c in ws.registry.caches(teacher.name)):
+            # published by a build killed before it registered it (opened above with every
+            # file's digest checked): registered now, so that it is listed and found
+            _register_cache(ws, found, teacher, int(cache.meta.top_k or top_k), cache.manifest,
+                            blocks)  # fmt: skip
+        return cache
     path = cache_dir(ws, teacher, blocks, top_k, mask_probability, need)
     expect = expected_meta(teacher, block_size, top_k)
     if lm is None:
@@ -160,7 +167,22 @@ def ensure_cache(
         shard_blocks=total if need < total else None,
     )
 
-    def register() -> None:  # the main process alone writes the registry
+    fault_point("cache.published")  # in place, not yet registered: a rerun registers it
+    _register_cache(ws, path, teacher, top_k, manifest, blocks)
+    return open_cache(path, expect=expect, verify=False)
+
+
+def _register_cache(
+    ws: Workspace,
+    path: Path,
+    teacher: Model,
+    top_k: int,
+    manifest: CacheManifest,
+    blocks: ShardBlocks,
+) -> None:
+    """Register a published cache (on the main process alone); a failure deletes it."""
+
+    def register() -> None:
         try:
             ws.registry.add_cache(
                 str(path),
@@ -180,7 +202,6 @@ def ensure_cache(
             raise
 
     on_main(register, f"registering the cache of {teacher.name!r}")
-    return open_cache(path, expect=expect, verify=False)
 
 
 def _check_mask(cache: LogitCache, teacher: Model, mask_probability: float) -> LogitCache:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import aliased
 
 from lineage.registry.ancestry import load_graph
 from lineage.registry.db import EdgeRow, ModelRow
+from lineage.registry.modelfiles import verify_files
 from lineage.registry.store import Registry
 
 
@@ -25,9 +26,10 @@ class Finding:
     check: str  # the check that found it
     subject: str  # what it is about: "model g2", "edge 7 (3 -> 9)"
     problem: str  # what is wrong, in one line
+    path: str | None = None  # what `--repair` deletes (temporaries, orphan folders)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def cycles(reg: Registry) -> list[Finding]:
@@ -93,6 +95,19 @@ def shard_files(reg: Registry) -> list[Finding]:
     )
 
 
+def model_checksums(reg: Registry) -> list[Finding]:
+    """Every model's config and weights as recorded at registration (size and mtime; a file
+    whose mtime changed is hashed again): ``lineage model verify NAME`` hashes every file."""
+    found = []
+    for model in reg.models():
+        if model.files is not None and Path(model.path).exists():
+            found += [
+                Finding("model-checksums", f"model {model.name}", problem)
+                for problem in verify_files(Path(model.path), model.files, full=False)
+            ]
+    return found
+
+
 CHECKS: dict[str, Callable[[Registry], list[Finding]]] = {
     "cycles": cycles,
     "dangling-edges": dangling_edges,
@@ -100,6 +115,7 @@ CHECKS: dict[str, Callable[[Registry], list[Finding]]] = {
     "tokenizer-files": tokenizer_files,
     "cache-files": cache_files,
     "shard-files": shard_files,
+    "model-checksums": model_checksums,
 }
 
 

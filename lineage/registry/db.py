@@ -204,6 +204,28 @@ class RunRow(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)  # why a failed run failed
+    # the process that runs it (lineage.owners): a RUNNING run whose process is gone is stale
+    owner_pid: Mapped[int | None]
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ReservationRow(Base):
+    """An output name taken by a running job (``lineage.registry.reservations``): no other job
+    may write or register that name until the job registers it (the row goes in the same
+    transaction) or its process is gone (a later job takes the row over and cleans up)."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "model" (models, adapters) or "tokenizer"
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)  # the folder the job publishes
+    job: Mapped[str] = mapped_column(String(32))  # train, grow, create, tokenizer, ...
+    owner_pid: Mapped[int]
+    owner_host: Mapped[str] = mapped_column(String(255))
+    owner_started: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PlanRow(Base):

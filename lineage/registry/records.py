@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from lineage.errors import ConflictError, LineageError, NotFoundError
 from lineage.files import check_name
+from lineage.owners import current_owner
 from lineage.registry import entities as E
 from lineage.registry.db import (
     RUN_STATUSES,
@@ -88,9 +89,11 @@ class RecordsMixin:
         plan_id: int | None = None,
     ) -> E.Run:
         with self._write() as s:
+            me = current_owner()
             row = RunRow(
-                kind=kind, mlflow_run_id=mlflow_run_id, config=config or {}, plan_id=plan_id
-            )
+                kind=kind, mlflow_run_id=mlflow_run_id, config=config or {}, plan_id=plan_id,
+                owner_pid=me.pid, owner_host=me.host, owner_started=me.started,
+            )  # fmt: skip
             s.add(row)
             s.flush()
             return _run(row, None)
@@ -117,6 +120,8 @@ class RecordsMixin:
             if row is None:
                 return None
             row.status, row.ended_at, row.error = "running", None, None
+            me = current_owner()
+            row.owner_pid, row.owner_host, row.owner_started = me.pid, me.host, me.started
             return _run(row, None)
 
     def runs(self) -> list[E.Run]:

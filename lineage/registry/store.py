@@ -45,6 +45,7 @@ from lineage.registry.locations import Locations
 from lineage.registry.modelcard import check_hub_id
 from lineage.registry.modelinfo import ModelInfo
 from lineage.registry.records import RecordsMixin
+from lineage.registry.reservations import ReservationsMixin, refuse_if_reserved
 from lineage.registry.rows import (
     _domain,
     _domain_row,
@@ -63,7 +64,7 @@ from lineage.registry.schema import check_schema
 EDGE_INSERT = insert(EdgeRow.metadata.tables[EdgeRow.__tablename__]).returning(EdgeRow.id)
 
 
-class Registry(RecordsMixin):
+class Registry(RecordsMixin, ReservationsMixin):
     """Typed access to the registry database at ``url`` (SQLite or PostgreSQL); registered paths
     under ``storage_root`` are kept relative to it (None: as given)."""
 
@@ -151,6 +152,7 @@ class Registry(RecordsMixin):
         with self._write() as s:
             if s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
                 raise ConflictError(f"a model named {name!r} is already registered")
+            refuse_if_reserved(s, "model", name)  # this job's reservation ends with the commit
             row = ModelRow(
                 name=name,
                 path=self.locations.store(path),
@@ -197,6 +199,15 @@ class Registry(RecordsMixin):
             row = _model_row(s, name)
             for key, value in fields.items():
                 setattr(row, key, value)
+            return _model(row, self.locations)
+
+    def record_model_files(self, name: str, files: dict[str, Any]) -> E.Model:
+        """Record the checksums of a model registered before they were (``files`` None)."""
+        with self._write() as s:
+            row = _model_row(s, name)
+            if row.files is not None:
+                raise ConflictError(f"{name!r} has its checksums already")
+            row.files = files
             return _model(row, self.locations)
 
     def remove_model(self, name: str, *, force: bool = False) -> None:
@@ -345,6 +356,7 @@ class Registry(RecordsMixin):
         with self._write() as s:
             if s.scalar(select(TokenizerRow.id).where(TokenizerRow.name == name)) is not None:
                 raise ConflictError(f"a tokenizer named {name!r} is already registered")
+            refuse_if_reserved(s, "tokenizer", name)
             row = TokenizerRow(
                 name=name,
                 path=self.locations.store(path),

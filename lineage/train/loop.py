@@ -488,7 +488,9 @@ class Loop:
         weights are gathered first (every rank takes part)."""
         state = full_state_dict(self.acc, self.wrapper, self.model) if self.sharded else None
         if self.main:
-            with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+            # never overwrite: the output name is reserved (lineage.registry.reservations), so
+            # a folder already there is a registered model's and must stay as it is
+            with atomic_dir(Path(out_dir)) as tmp:
                 if state is not None:
                     self.model.save_pretrained(str(tmp), state_dict=state)
                 else:

@@ -13,15 +13,20 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lineage.registry.entities import Run
 from lineage.registry.store import Registry
-from lineage.train.tracking import MlflowTracker, NullTracker, Tracker, strategy_color
+from lineage.train.tracking import (
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    mlflow_client,
+    strategy_color,
+)
 
 if TYPE_CHECKING:
     from lineage.workspace import Workspace
@@ -106,6 +111,9 @@ def recorded(
     ``succeed`` itself), failed with the error if it did."""
     run = None
     if main:
+        stale = registry.fail_dead_runs()  # runs of killed jobs: failed, not RUNNING for ever
+        if stale and isinstance(tracker, MlflowTracker):
+            fail_mlflow_runs(tracker.tracking_uri, stale)
         if resume and tracker.run_id is not None:
             run = registry.reopen_run(tracker.run_id)
         if run is None:
@@ -137,10 +145,15 @@ def job_tracker(
     )
 
 
-def remove_unregistered(registry: Registry, name: str, folder: Path) -> None:
-    """After a failed job: delete the output folder it wrote, unless the name got registered
-    (then the folder is the registered model's and stays)."""
-    import shutil
-
-    if not registry.has_model(name):
-        shutil.rmtree(folder, ignore_errors=True)
+def fail_mlflow_runs(tracking_uri: str, run_ids: Sequence[str]) -> None:
+    """End the MLflow runs of jobs whose process is gone (their registry rows are failed
+    already) as FAILED with the reason, so that none stays RUNNING for ever."""
+    if not run_ids:
+        return
+    client = mlflow_client(tracking_uri)
+    for run_id in run_ids:
+        try:
+            client.set_tag(run_id, ERROR_TAG, "its process was killed (a later job took over)")
+            client.set_terminated(run_id, "FAILED")
+        except Exception as exc:  # a run the tracking store does not know: nothing to end
+            log.warning("could not mark MLflow run %s failed: %s", run_id, exc)

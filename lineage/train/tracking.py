@@ -9,11 +9,13 @@ duplicate. MLflow is imported lazily: importing this module stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,6 +105,42 @@ def strategy_color(strategy: str) -> str:
     return known or _OTHER_COLORS[zlib.crc32(strategy.encode()) % len(_OTHER_COLORS)]
 
 
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` (fcntl, released by the kernel if the process dies) around the
+    first touch of a SQLite tracking store: MLflow creates and migrates a fresh database on
+    first use, and two processes doing it at once fail ("Online migration expected to match
+    one row"). Other stores need no lock here."""
+    from sqlalchemy.engine import make_url
+
+    if not tracking_uri.startswith("sqlite:"):
+        yield
+        return
+    database = make_url(tracking_uri).database
+    if not database or database == ":memory:":
+        yield
+        return
+    lock = Path(database).with_name(Path(database).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def mlflow_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` whose store has been opened (created and migrated if new) under
+    ``store_lock``."""
+    from mlflow import MlflowClient
+
+    with store_lock(tracking_uri):  # the client opens (so creates) its store when built
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client._tracking_client.store  # noqa: B018  # (and if a later version defers that)
+    return client
+
+
 def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created if missing, tagged as a model-training
     experiment with a description (tags a person has set are left alone)."""
@@ -183,12 +221,11 @@ class MlflowTracker:
         resume_run_id: str | None = None,
         artifact_location: str | None = None,
     ) -> None:
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        self._client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         try:
+            self._client = mlflow_client(tracking_uri)
             if resume_run_id is not None:
                 run = self._client.get_run(resume_run_id)
                 self._client.update_run(resume_run_id, status="RUNNING")
@@ -266,8 +303,20 @@ class MlflowTracker:
             source_type="local",
             source=json.dumps({"uri": str(source)}),
         )
+        from mlflow.exceptions import MlflowException
+
         tag = InputTag("mlflow.data.context", context)
-        self._client.log_inputs(self._run_id, datasets=[DatasetInput(dataset, tags=[tag])])
+        inputs = [DatasetInput(dataset, tags=[tag])]
+        try:
+            self._client.log_inputs(self._run_id, datasets=inputs)
+        except MlflowException as exc:
+            # MLflow's SQL store reads, then inserts an experiment's dataset: two runs logging
+            # the same dataset at once collide on its unique key. The other run's insert has
+            # committed, so a second try finds the dataset and only links it to this run.
+            text = str(exc)
+            if "datasets" not in text or ("UNIQUE" not in text and "duplicate key" not in text):
+                raise
+            self._client.log_inputs(self._run_id, datasets=inputs)
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: FINISHED, FAILED or KILLED."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lineage.corpora.batches import MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.distributed import process_state
 from lineage.errors import ConflictError, LineageError
+from lineage.faults import fault_point
 from lineage.inherit.cache_costs import describe, refuse_missing
 from lineage.inherit.plans import load_plan
 from lineage.inherit.schedules import AutoInheritance
@@ -30,6 +32,7 @@ from lineage.registry.modelinfo import (
     check_has_lm_head,
     read_model_info,
 )
+from lineage.registry.reservations import Reservation, reserved_output
 from lineage.train.assign import (
     Assigned,
     assign_shards,
@@ -46,7 +49,7 @@ from lineage.train.checkpoints import checkpoint_run_id
 from lineage.train.curves import log_run_curves
 from lineage.train.job import TrainJob, TrainOutcome
 from lineage.train.lora import adapter_bytes, adapter_info, add_lora, is_adapter
-from lineage.train.runs import recorded, remove_unregistered
+from lineage.train.runs import fail_mlflow_runs, recorded
 from lineage.train.tracking import MlflowTracker, NullTracker, Tracker, strategy_color
 from lineage.train.trainer import TrainResult, train
 from lineage.workspace import Workspace
@@ -132,14 +135,35 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     state = process_state()
     run_dir = ws.child_path(ws.root / "runs", job.output)
     out_dir = ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output)
-    if out_dir.exists():
-        raise ConflictError(f"{out_dir} already exists; choose another output name")
-    if (run_dir / "checkpoints").exists() and not job.resume:
-        raise ConflictError(
-            f"an interrupted run of {job.output!r} exists in {run_dir}: pass --resume to continue "
-            "it, or remove that folder"
-        )
     main = state.is_main_process
+    claim: AbstractContextManager[Reservation | None] = (
+        reserved_output(reg, job.output, out_dir, job="train") if main else nullcontext()
+    )
+    with claim as reservation:  # the output name is this job's, or it is refused here
+        fault_point("train.reserved")
+        if reservation is not None:
+            fail_mlflow_runs(ws.tracking_uri, reservation.stale_runs)
+        if (run_dir / "checkpoints").exists() and not job.resume:
+            raise ConflictError(
+                f"an interrupted run of {job.output!r} exists in {run_dir}: pass --resume to "
+                "continue it, or remove that folder"
+            )
+        return _run(ws, job, student, assigned, run_dir, main, progress, caches)
+
+
+def _run(
+    ws: Workspace,
+    job: TrainJob,
+    student: Model,
+    assigned: list[Assigned],
+    run_dir: Path,
+    main: bool,
+    progress: bool,
+    caches: list[dict[str, Any]],
+) -> TrainOutcome:
+    """Records, training, registration: the body of ``run_training`` once the output is
+    reserved (``train.saved``: the model is published, not yet registered)."""
+    reg = ws.registry
     tracker = _tracker(ws, job, student, run_dir / "checkpoints", main)
     params = dataclasses.asdict(job)
     with recorded(reg, job.strategy, tracker, config=params, main=main, resume=job.resume) as rec:
@@ -161,12 +185,10 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
         )
         self_ki = teacher_params.pop(student.name, None)  # the student taught itself: no ki edge
         model = None
+        fault_point("train.saved")
         if main:
-            try:
-                model = _register(ws, job, student, result, teacher_params, self_ki)
-            except BaseException:
-                remove_unregistered(reg, job.output, out_dir)  # a rerun can --resume
-                raise
+            model = _register(ws, job, student, result, teacher_params, self_ki)
+            fault_point("train.registered")
             tracker.set_tags({"lineage.registered": model.name})
             rec.succeed(model.name)
     return TrainOutcome(model, result, result.run_id, teacher_params, caches)
@@ -309,10 +331,10 @@ def _register(
     domains = list(dict.fromkeys([*student.domains, *job.domains]))
     info = adapter_info(student, out_dir) if job.lora else read_model_info(out_dir)
     files = model_files(out_dir)  # hashed before the registry's write lock is taken
-    with reg.transaction():  # the model with all its edges and evaluations, or nothing
+    with reg.transaction():  # the model, its edges, evaluations and card, or nothing
         model = _register_rows(ws, job, student, result, teachers, self_ki, domains, info, files)
-    ws.write_model_card(model.name)
-    return model
+        ws.write_model_card(model.name)  # in the published folder; a kill before the commit
+    return model  # leaves it unregistered, for the next job of that name to delete
 
 
 def _register_rows(
@@ -336,6 +358,7 @@ def _register_rows(
         description=f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from "
         f"{student.name} on {', '.join(job.domains)}",
     )
+    fault_point("train.registering")  # inside the transaction: none of it is committed
     trained_before = bool(student.domains) or bool(reg.parents(student.name))
     if trained_before or job.lora:
         reg.add_edge(
