@@ -224,17 +224,12 @@ def remove_paths(paths: list[Path]) -> None:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-@contextmanager
-def reserved_output(
+def take_output(
     reg: ReservationsMixin, name: str, folder: Path, *, job: str, kind: str = "model"
-) -> Iterator[Reservation]:
-    """Hold the reservation of ``name`` (publishing to ``folder``) for the block.
-
-    Taking over a dead job's reservation first deletes what it left. A folder already there
-    without a reservation (not written by a lineage job that reserved it) is refused. If the
-    block raises, the unregistered folder and temporaries are deleted and the name released;
-    registering the result (in the block) releases it with the same commit.
-    """
+) -> Reservation:
+    """Reserve ``name`` (publishing to ``folder``) for this process. Taking over a dead job's
+    reservation first deletes what it left; a folder already there without a reservation (no
+    lineage job that reserved it wrote it) is refused."""
     res = reg.reserve_output(name, folder, job=job, kind=kind)
     if res.taken_over:
         remove_paths(leftovers(folder))
@@ -244,17 +239,34 @@ def reserved_output(
             f"{folder} already exists but no {kind} {name!r} is registered; remove it (or run "
             "`lineage db check --repair`) or choose another name"
         )
+    return res
+
+
+@contextmanager
+def holding(reg: ReservationsMixin, res: Reservation, folder: Path) -> Iterator[Reservation]:
+    """Hold ``res`` for the block: if it raises, the unregistered folder and temporaries are
+    deleted and the name released; registering the result (in the block) releases it with the
+    same commit."""
     try:
         yield res
     except BaseException:
         try:
-            if not _registered(reg, kind, name):
+            if not _registered(reg, res.kind, res.name):
                 remove_paths(leftovers(folder))
-            reg.release_output(name, kind=kind)
+            reg.release_output(res.name, kind=res.kind)
         except Exception:  # the registry may be what failed: the job's own error is the one
             pass  # to see, and a later job takes the stale reservation over
         raise
-    reg.release_output(name, kind=kind)
+    reg.release_output(res.name, kind=res.kind)
+
+
+@contextmanager
+def reserved_output(
+    reg: ReservationsMixin, name: str, folder: Path, *, job: str, kind: str = "model"
+) -> Iterator[Reservation]:
+    """``take_output`` then ``holding`` it for the block."""
+    with holding(reg, take_output(reg, name, folder, job=job, kind=kind), folder) as res:
+        yield res
 
 
 def _registered(reg: ReservationsMixin, kind: str, name: str) -> bool:

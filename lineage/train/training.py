@@ -16,7 +16,7 @@ from typing import Any
 
 from lineage.corpora.batches import MixtureSampler
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
-from lineage.distributed import process_state
+from lineage.distributed import on_main, process_state
 from lineage.errors import ConflictError, LineageError
 from lineage.faults import fault_point
 from lineage.inherit.cache_costs import describe, refuse_missing
@@ -32,7 +32,7 @@ from lineage.registry.modelinfo import (
     check_has_lm_head,
     read_model_info,
 )
-from lineage.registry.reservations import Reservation, reserved_output
+from lineage.registry.reservations import Reservation, holding, take_output
 from lineage.train.assign import (
     Assigned,
     assign_shards,
@@ -136,10 +136,15 @@ def run_training(ws: Workspace, job: TrainJob, *, progress: bool = True) -> Trai
     run_dir = ws.child_path(ws.root / "runs", job.output)
     out_dir = ws.child_path(ws.adapters_dir if job.lora else ws.models_dir, job.output)
     main = state.is_main_process
-    claim: AbstractContextManager[Reservation | None] = (
-        reserved_output(reg, job.output, out_dir, job="train") if main else nullcontext()
+    # taken on the main process; a refusal there stops every rank at once
+    taken = on_main(
+        lambda: take_output(reg, job.output, out_dir, job="train"),
+        f"reserving the output name {job.output!r}",
     )
-    with claim as reservation:  # the output name is this job's, or it is refused here
+    claim: AbstractContextManager[Reservation | None] = (
+        holding(reg, taken, out_dir) if main else nullcontext()
+    )
+    with claim as reservation:  # the output name is this job's until it is registered
         fault_point("train.reserved")
         if reservation is not None:
             fail_mlflow_runs(ws.tracking_uri, reservation.stale_runs)
