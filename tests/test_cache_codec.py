@@ -13,11 +13,14 @@ from lineage.inherit import codec
 from lineage.inherit.codec import (
     CodecSpec,
     TopKDecoder,
+    canonical_rows,
     chunk_bounds,
     encode_rows,
     fit_codec,
     gaps_to_logits,
     quantise_gaps,
+    sort_ties,
+    untie_codes,
 )
 from lineage.inherit.codec_bits import ClassCode, WidthCode, byte_words, pack_bits, read_bits
 from lineage.inherit.codec_tables import IndexTables, index_codes, index_tables, row_context
@@ -216,14 +219,20 @@ def test_rows_round_trip_through_blocks_in_any_order(vocab: int) -> None:
     first = np.cumsum(rows) - rows
     order = [3, 0, 1, 4, 2]
     pick = np.concatenate([np.arange(first[b], first[b] + rows[b]) for b in order])
+    coded = decoder.prepare([blocks[b] for b in order], rows[order], context[pick])
+    all_i, all_v = coded.decode()
+    # Codec 2 keeps tied entries (equal coded values) in code order: equal up to that order.
+    got, want = canonical_rows(all_i, all_v), torch.from_numpy(indices[pick]).long()
+    assert torch.equal(got[0], canonical_rows(want, all_v)[0])
+    assert not torch.equal(all_i, want)  # the rows have ties, and some were reordered
     for keep in (k, 3, 1):
         got_i, got_v = decoder.prepare(
             [blocks[b] for b in order], rows[order], context[pick], keep
         ).decode()
         assert got_i.dtype == torch.int64 and got_v.dtype == torch.float32
-        assert torch.equal(got_i, torch.from_numpy(indices[pick, :keep]).long())
-        want = logits[pick, :keep] - logits[pick, :1]
-        assert np.abs(got_v.numpy() - want).max() <= 0.05 + 1e-5
+        assert torch.equal(got_i, all_i[:, :keep]) and torch.equal(got_v, all_v[:, :keep])
+        want_v = logits[pick, :keep] - logits[pick, :1]
+        assert np.abs(got_v.numpy() - want_v).max() <= 0.05 + 1e-5
     with pytest.raises(LineageError, match="k must be in"):
         decoder.prepare(blocks, rows, context, k + 1)
 
@@ -246,7 +255,8 @@ def test_chunked_decoding_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(codec, "_CPU_CHUNK_FIELDS", 11 * 12)  # 12 rows per chunk at K = 6
     chunked = coded.decode()
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
-    assert torch.equal(whole[0], torch.from_numpy(indices).long())
+    exact = torch.from_numpy(indices).long()
+    assert torch.equal(canonical_rows(*whole)[0], canonical_rows(exact, whole[1])[0])
 
 
 def test_codec_spec_json_round_trip() -> None:
@@ -271,3 +281,35 @@ def test_distortion_is_within_the_grid_bound() -> None:
     q = got.double().log_softmax(1)
     kl = (p.exp() * (p - q)).sum(1)
     assert float(kl.max()) <= step**2 / 8 and float(kl.mean()) > 0
+
+
+def test_sorted_ties_round_trip_on_any_prefix() -> None:
+    """Codec 2 sorts runs of equal values (gap 0) by code and stores differences: undone on
+    every prefix, whatever the runs."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 300, 12
+    codes = torch.stack([torch.randperm(5000, generator=g)[:k] for _ in range(n)])
+    gaps = torch.randint(0, 3, (n, k - 1), generator=g) * torch.randint(0, 2, (n, k - 1), generator=g)
+    stored = sort_ties(codes, gaps)
+    assert bool((stored >= 0).all()) and bool((stored <= codes.max()).all())
+    run = torch.cat([torch.zeros(n, 1, dtype=torch.long), (gaps != 0).long().cumsum(1)], 1)
+    back = untie_codes(stored.int(), gaps.int())
+    assert back.dtype == torch.int32
+    for row in range(n):  # the same codes per run, each run in increasing order
+        for r in run[row].unique():
+            got, want = back[row][run[row] == r], codes[row][run[row] == r]
+            assert torch.equal(got.long(), want.sort().values)
+    for keep in (1, 5, k):
+        assert torch.equal(untie_codes(stored[:, :keep], gaps[:, : keep - 1]), back[:, :keep].long())
+    assert stored.float().mean() < codes.float().mean()  # ties made the stored codes smaller
+
+
+def test_codec_names_are_versions() -> None:
+    spec = CodecSpec(
+        10, 0.15, 4, ClassCode((1, 1, 2, 2, 3, 5, 7, 11)), ClassCode((3, 5, 8, 11)), 3,
+        WidthCode((0, 1, 3, 8)), 64,
+    )  # fmt: skip
+    assert spec.sorts_ties and spec.to_dict()["name"] == "topk-classes-v2"
+    assert spec.to_dict()["version"] == 2
+    old = CodecSpec.from_dict({**spec.to_dict(), "name": "topk-classes"})
+    assert not old.sorts_ties and old.to_dict()["version"] == 1

@@ -1,5 +1,6 @@
-"""Caches written in format 1 by the code before format 2 (tests/data, see its README) still
-open, verify, serve any K up to theirs, and train through the real trainer."""
+"""Caches written in format 1 by the code before format 2, and in format 2 by codec 1 before
+codec 2 (tests/data, see its README), still open, verify, decode as they did, serve any K up
+to theirs, and train through the real trainer."""
 
 from __future__ import annotations
 
@@ -88,3 +89,40 @@ def test_student_trains_from_a_v1_cache(tmp_path: Path, objective: str, family: 
         strict=True,
     ):
         assert kl > 0 and total == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-5)
+
+
+V2 = DATA / "v2-cache-clm"
+
+
+def test_codec_1_cache_decodes_as_it_did_when_written() -> None:
+    cache = open_cache(V2, expect=CacheMeta(top_k=10), verify=True)
+    assert cache.format_version == 2 and cache.manifest.codec is not None
+    assert cache.manifest.codec["name"] == "topk-classes" and "version" not in cache.manifest.codec
+    assert cache.decoder is not None and not cache.decoder.spec.sorts_ties
+    indices, logits = cache.shard("fixture").batch(range(6)).teacher_topk()
+    want_i = np.load(DATA / "v2-cache-clm-decoded-indices.npy").astype(np.int64)
+    assert torch.equal(indices, torch.from_numpy(want_i))
+    assert torch.equal(logits, torch.from_numpy(np.load(DATA / "v2-cache-clm-decoded-logits.npy")))
+    tied = logits[:, 1:] == logits[:, :-1]
+    assert bool(tied.any())  # ties in teacher order: decoding them as codec 2 would differ
+    small = cache.shard("fixture", top_k=4).batch([5, 1]).teacher_topk()[0]
+    assert torch.equal(small, cache.shard("fixture").batch([5, 1]).teacher_topk()[0][:, :4])
+
+
+def test_student_trains_from_a_codec_1_cache(tmp_path: Path) -> None:
+    shard = open_cache(V2).shard("fixture", "v2-teacher")
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(build_config("gpt2", "tiny", _Vocab(), 16))
+    tracker = NullTracker()
+    config = TrainConfig(
+        steps=3, batch_size=3, lr=3e-3, eval_every=3, eval_blocks=4, checkpoint_every=0,
+        log_every=1,
+    )  # fmt: skip
+    result = train(
+        student, config=config, sampler=MixtureSampler([shard], batch_size=3, seed=0),
+        eval_sets={"fixture": BLOCKS[:4]}, objective="clm", out_dir=tmp_path / "out",
+        checkpoint_dir=tmp_path / "ckpt", tracker=tracker, progress=False,
+        schedules={"v2-teacher": InheritanceSchedule(kind="constant", constant=0.5, total_steps=1)},
+    )  # fmt: skip
+    assert result.step == 3
+    assert all(kl > 0 for _, kl in tracker.history("loss_ki/v2-teacher"))

@@ -50,7 +50,8 @@ from lineage.inherit.codec_bits import (
 )
 from lineage.inherit.codec_tables import IndexTables, index_codes
 
-CODEC_NAME = "topk-classes"
+CODEC_NAME = "topk-classes-v2"  # the codec this lineage writes
+CODEC_VERSIONS = {"topk-classes": 1, CODEC_NAME: 2}  # every codec it reads
 _CPU_CHUNK_FIELDS = 1 << 18  # fields decoded at once on CPU: int32 work tensors of 1 MiB
 _CHUNK_FIELDS = 1 << 24  # elsewhere (a GPU): one chunk for any realistic batch
 DEFAULT_STEP = 0.15  # nats: mean KL to the exact top-K about step²/24 ≈ 1e-3 at most
@@ -72,12 +73,19 @@ class CodecSpec:
     name: str = CODEC_NAME
 
     def __post_init__(self) -> None:
-        if self.name != CODEC_NAME:
-            raise LineageError(f"unknown top-K codec {self.name!r} (this reads {CODEC_NAME})")
+        if self.name not in CODEC_VERSIONS:
+            known = ", ".join(CODEC_VERSIONS)
+            raise LineageError(f"unknown top-K codec {self.name!r} (this reads {known})")
         if self.top_k < 1 or not self.step > 0 or not 1 <= self.head <= self.top_k:
             raise LineageError(f"codec needs 1 <= head <= top_k and step > 0: {self.to_dict()}")
         if self.gap_group < 1:
             raise LineageError(f"codec needs gap_group >= 1, got {self.gap_group}")
+
+    @property
+    def sorts_ties(self) -> bool:
+        """Codec 2: entries of equal coded value are in index-code order, and each one after
+        the first of its run stores its code's difference to the previous one, minus 1."""
+        return CODEC_VERSIONS[self.name] >= 2
 
     @property
     def n_groups(self) -> int:
@@ -96,6 +104,7 @@ class CodecSpec:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "version": CODEC_VERSIONS[self.name],
             "top_k": self.top_k,
             "step": self.step,
             "head": self.head,
@@ -153,6 +162,46 @@ def gaps_to_logits(gaps: Tensor, step: float) -> Tensor:
     return out.mul_(-step)
 
 
+def sort_ties(codes: Tensor, gaps: Tensor) -> Tensor:
+    """Codec 2's stored index codes: codes [N, K] int64 (distinct in a row), gaps [N, K − 1]
+    -> [N, K] int64. A run of entries with equal coded values (gap 0) is put in increasing
+    code order (the loss sees only the (index, value) pairs, never their order), and each
+    entry after a run's first stores ``code − previous code − 1``: small where the coarse
+    tail ties many tokens."""
+    n, k = codes.shape
+    cont = torch.zeros((n, k), dtype=torch.bool)
+    cont[:, 1:] = gaps == 0
+    run = torch.cumsum(~cont, 1)
+    ordered = torch.sort((run << 32) | codes, dim=1).values & 0xFFFFFFFF
+    stored = ordered.clone()
+    stored[:, 1:] -= torch.where(cont[:, 1:], ordered[:, :-1] + 1, 0)
+    return stored
+
+
+def untie_codes(stored: Tensor, gaps: Tensor) -> Tensor:
+    """``sort_ties`` undone on a row prefix: stored [n, k], gaps [n, k − 1] -> codes [n, k],
+    same dtype: a run's codes are its first one plus the running sum of (stored + 1)."""
+    n, k = stored.shape
+    if k == 1:
+        return stored
+    cont = torch.zeros((n, k), dtype=torch.bool, device=stored.device)
+    cont[:, 1:] = gaps == 0
+    step = stored.long() + cont  # int64: a row's running sum may pass 2^31
+    total = torch.cumsum(step, 1)
+    place = torch.arange(k, device=stored.device).expand(n, k)
+    start = torch.where(cont, 0, place).cummax(1).values  # the first entry of each one's run
+    return (total - torch.gather(total - step, 1, start)).to(stored.dtype)
+
+
+def canonical_rows(indices: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows [N, K] reordered by value (descending), then index: the order-free form in which
+    two caches of the same teacher agree whatever order they keep tied entries in."""
+    key = torch.argsort(indices, dim=1, stable=True)
+    by_index = (indices.gather(1, key), logits.gather(1, key))
+    order = torch.argsort(by_index[1], dim=1, descending=True, stable=True)
+    return by_index[0].gather(1, order), by_index[1].gather(1, order)
+
+
 # ---------------------------------------------------------------- fitting
 
 
@@ -192,29 +241,36 @@ def fit_codec(
     logits: np.ndarray,
     *,
     step: float = DEFAULT_STEP,
+    name: str = CODEC_NAME,
 ) -> tuple[IndexTables, CodecSpec]:
     """Tables and codes fitted to a calibration sample: context [N], indices and logits [N, K].
     The successor lists are kept or dropped (ranks only), whichever codes the sample's indices
     in fewer bits (a teacher that mostly predicts frequent tokens gains nothing from them, and
-    lists lengthen the other codes); the head split and the gap grouping likewise."""
+    lists lengthen the other codes); the head split and the gap grouping likewise. ``name``:
+    the codec (CODEC_VERSIONS; older ones for tests and comparisons)."""
     k = indices.shape[1]
+    top = max(int(np.ceil(VALUE_RANGE / step)), 1).bit_length()  # gaps up to 2^top − 1 steps
+    gaps = quantise_gaps(torch.as_tensor(np.asarray(logits, np.float64)), step, (1 << top) - 1)
     best = None
     for candidate in dict.fromkeys([tables.max_list, 0]):  # with lists, then without
         cut = tables if candidate == tables.max_list else tables.truncated(candidate)
-        fitted = _fit_index_codes(index_codes(cut, context, indices), cut.capacity_needed)
+        codes = index_codes(cut, context, indices)
+        if CODEC_VERSIONS.get(name, 0) >= 2:
+            codes = sort_ties(torch.from_numpy(codes), gaps).numpy()
+        fitted = _fit_index_codes(codes, cut.capacity_needed)
         if best is None or fitted[3] < best[1][3]:
             best = (cut, fitted)
     assert best is not None
     chosen, (head, head_code, tail_code, _) = best
-    top = max(int(np.ceil(VALUE_RANGE / step)), 1).bit_length()  # gaps up to 2^top − 1 steps
-    gaps = quantise_gaps(torch.as_tensor(np.asarray(logits, np.float64)), step, (1 << top) - 1)
     fits = []
     for group in dict.fromkeys(min(g, max(k - 1, 1)) for g in (1, 2, 3, 4, 6, 8)):
         group_max, sizes = _group_max(gaps.numpy(), group)
         code = WidthCode.fit(group_max, np.broadcast_to(sizes, group_max.shape), top)
         fits.append((code.bits(group_max, np.broadcast_to(sizes, group_max.shape)), group, code))
     _, group, gap_code = min(fits, key=lambda f: f[0])
-    spec = CodecSpec(k, float(step), head, head_code, tail_code, group, gap_code, chosen.max_list)
+    spec = CodecSpec(
+        k, float(step), head, head_code, tail_code, group, gap_code, chosen.max_list, name
+    )
     return chosen, spec
 
 
@@ -276,6 +332,8 @@ def encode_rows(
     if n and int(codes.max()) >= capacity:
         raise LineageError("an index code exceeds the codec's capacity (tables and spec disagree)")
     gaps = quantise_gaps(torch.as_tensor(logits), spec.step, spec.gap_code.capacity - 1)
+    if spec.sorts_ties:
+        codes = sort_ties(codes, gaps)
     sel, pay, widths = _split_rows(spec, codes, gaps)
     sel_w = torch.tensor(spec.selector_widths())
     sel_off = torch.cumsum(sel_w, 0) - sel_w
@@ -485,6 +543,8 @@ class TopKDecoder:
         values = lay.bases_flat.index_select(0, flat).view(n, 2 * k - 1)
         values += read_bits(words, row_start[:, None] + ends - widths, masks)
         codes, gaps = values[:, :k], values[:, k:]
+        if self.spec.sorts_ties:
+            codes = untie_codes(codes, gaps)
         listed = codes < succ_len[:, None]
         offset = torch.where(listed, succ_start[:, None], (n_listed - succ_len)[:, None])
         tokens = table.index_select(0, (codes + offset).view(-1))
