@@ -38,3 +38,27 @@ def test_bench_gpu_smoke(tmp_path: Path) -> None:
     assert "needs 2" in summary["scaling"]["skipped"]
     assert json.loads((tmp_path / "bench_gpu.json").read_text()) == summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_gpu.json"]  # nothing else
+
+
+@pytest.mark.slow
+def test_bench_cache_agreement_smoke(tmp_path: Path) -> None:
+    """v1 vs v2 cache agreement: the script trains from both formats per seed and reports."""
+    out = tmp_path / "agreement.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cache_agreement.py"), "--smoke",
+         "--seeds", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == 2 and result["setup"]["quick"]
+    for v in ("v1", "v2"):
+        assert len(result[v]["final_ppl"]) == 2 and all(p > 1 for p in result[v]["final_ppl"])
+    bytes_per_token = result["cache_bytes_per_token"]
+    assert bytes_per_token["v2"] < bytes_per_token["v1"] / 2
+    diff = result["final_ppl_diff"]
+    assert diff["per_seed"] == pytest.approx(
+        [b - a for a, b in zip(result["v1"]["final_ppl"], result["v2"]["final_ppl"], strict=True)]
+    )
+    assert "final_ppl: v1" in proc.stdout and "the spread" in proc.stdout

@@ -289,7 +289,9 @@ def test_sorted_ties_round_trip_on_any_prefix() -> None:
     g = torch.Generator().manual_seed(0)
     n, k = 300, 12
     codes = torch.stack([torch.randperm(5000, generator=g)[:k] for _ in range(n)])
-    gaps = torch.randint(0, 3, (n, k - 1), generator=g) * torch.randint(0, 2, (n, k - 1), generator=g)
+    gaps = torch.randint(0, 3, (n, k - 1), generator=g) * torch.randint(
+        0, 2, (n, k - 1), generator=g
+    )
     stored = sort_ties(codes, gaps)
     assert bool((stored >= 0).all()) and bool((stored <= codes.max()).all())
     run = torch.cat([torch.zeros(n, 1, dtype=torch.long), (gaps != 0).long().cumsum(1)], 1)
@@ -300,7 +302,9 @@ def test_sorted_ties_round_trip_on_any_prefix() -> None:
             got, want = back[row][run[row] == r], codes[row][run[row] == r]
             assert torch.equal(got.long(), want.sort().values)
     for keep in (1, 5, k):
-        assert torch.equal(untie_codes(stored[:, :keep], gaps[:, : keep - 1]), back[:, :keep].long())
+        assert torch.equal(
+            untie_codes(stored[:, :keep], gaps[:, : keep - 1]), back[:, :keep].long()
+        )
     assert stored.float().mean() < codes.float().mean()  # ties made the stored codes smaller
 
 
