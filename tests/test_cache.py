@@ -20,7 +20,8 @@ from lineage.inherit import cache_parts
 from lineage.inherit.cache import CacheMeta, MaskSpec, open_cache, part_arrays
 from lineage.inherit.cache_build import blocks_digest, build_cache, weights_digest
 from lineage.inherit.cache_parts import block_targets, index_dtype, teacher_topk
-from lineage.inherit.codec import DEFAULT_STEP, canonical_rows
+from lineage.inherit.codec import DEFAULT_STEP
+from lineage.inherit.codec_tables import canonical_rows
 from lineage.inherit.losses import ki_loss
 
 V, T, N_BLOCKS = 300, 16, 10

@@ -13,17 +13,22 @@ from lineage.inherit import codec
 from lineage.inherit.codec import (
     CodecSpec,
     TopKDecoder,
-    canonical_rows,
     chunk_bounds,
     encode_rows,
     fit_codec,
     gaps_to_logits,
     quantise_gaps,
+)
+from lineage.inherit.codec_bits import ClassCode, WidthCode, byte_words, pack_bits, read_bits
+from lineage.inherit.codec_tables import (
+    IndexTables,
+    canonical_rows,
+    index_codes,
+    index_tables,
+    row_context,
     sort_ties,
     untie_codes,
 )
-from lineage.inherit.codec_bits import ClassCode, WidthCode, byte_words, pack_bits, read_bits
-from lineage.inherit.codec_tables import IndexTables, index_codes, index_tables, row_context
 from lineage.inherit.losses import ki_loss
 
 

@@ -13,6 +13,8 @@ v2 stores each row as integers, bit-packed:
   not stored: the loss renormalises over the K entries and never uses it.
 * **indices**: codes from ``lineage.inherit.codec_tables`` (successor-list place or frequency
   rank given the row's context token): small for the tokens teachers put in their top K.
+  Codec 2 (``topk-classes-v2``; codec 1, ``topk-classes``, is still read) stores a run of
+  equal coded values in code order, as differences (``codec_tables.sort_ties``).
 * index codes use class codes (``lineage.inherit.codec_bits``), one for the first ``head``
   slots of a row and one for the rest (the top slots are more predictable); gaps use a width
   code, one selector per group of ``gap_group`` gaps (tail gaps are mostly 0 or 1). All are
@@ -27,7 +29,9 @@ Layout of one block (byte-aligned; a part's blocks are one byte stream)::
 so every selector's place is known, a row's payload width is the sum of its selectors' class
 widths, and a batch of blocks decodes with a few gathers and cumulative sums — no loop over
 rows or entries — on whatever device the batch was moved to (``CodedRows.decode``). A student
-may keep only the first k ≤ K entries of every row: that is the top-k of the same teacher.
+may keep only the first k ≤ K entries of every row: the top-k of the same teacher, up to ties
+(codec 2: where a run of equal coded values crosses the cut, the entries kept may be other
+tokens of that value, at most one grid step from the exact k-th).
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ from lineage.inherit.codec_bits import (
     ClassCode,
     WidthCode,
     byte_words,
+    gaps_to_logits,
     pack_bits,
+    quantise_gaps,
     read_bits,
 )
-from lineage.inherit.codec_tables import IndexTables, index_codes
+from lineage.inherit.codec_tables import IndexTables, index_codes, sort_ties, untie_codes
 
 CODEC_NAME = "topk-classes-v2"  # the codec this lineage writes
 CODEC_VERSIONS = {"topk-classes": 1, CODEC_NAME: 2}  # every codec it reads
@@ -131,75 +137,6 @@ class CodecSpec:
             max_successors=int(d["max_successors"]),
             name=str(d["name"]),
         )
-
-
-# ---------------------------------------------------------------- values
-
-
-def quantise_gaps(logits: Tensor, step: float, max_gap: int) -> Tensor:
-    """Integer gaps of rows on a ``step`` grid: [N, K] descending -> [N, K − 1] int64.
-
-    q_i = round((z_1 − z_i) / step) is each entry's grid value; the gaps follow it, except that
-    a gap above ``max_gap`` is clamped and the rest carried into the next gaps (only entries
-    ≥ max_gap·step nats below the top are affected).
-    """
-    target = torch.round((logits[:, :1].double() - logits.double()) / step).long()  # [N, K]
-    gaps = target.diff(dim=1).clamp_(min=0)
-    if gaps.numel() == 0 or int(gaps.max()) <= max_gap:
-        return gaps
-    decoded = torch.zeros_like(target[:, 0])
-    for i in range(gaps.shape[1]):
-        gaps[:, i] = (target[:, i + 1] - decoded).clamp(0, max_gap)
-        decoded += gaps[:, i]
-    return gaps
-
-
-def gaps_to_logits(gaps: Tensor, step: float) -> Tensor:
-    """[N, K − 1] integer gaps -> [N, K] float32 logits 0, −step·q_2, …, −step·q_K."""
-    out = torch.empty((gaps.shape[0], gaps.shape[1] + 1), dtype=torch.float32, device=gaps.device)
-    out[:, 0] = 0.0
-    torch.cumsum(gaps, 1, dtype=torch.float32, out=out[:, 1:])
-    return out.mul_(-step)
-
-
-def sort_ties(codes: Tensor, gaps: Tensor) -> Tensor:
-    """Codec 2's stored index codes: codes [N, K] int64 (distinct in a row), gaps [N, K − 1]
-    -> [N, K] int64. A run of entries with equal coded values (gap 0) is put in increasing
-    code order (the loss sees only the (index, value) pairs, never their order), and each
-    entry after a run's first stores ``code − previous code − 1``: small where the coarse
-    tail ties many tokens."""
-    n, k = codes.shape
-    cont = torch.zeros((n, k), dtype=torch.bool)
-    cont[:, 1:] = gaps == 0
-    run = torch.cumsum(~cont, 1)
-    ordered = torch.sort((run << 32) | codes, dim=1).values & 0xFFFFFFFF
-    stored = ordered.clone()
-    stored[:, 1:] -= torch.where(cont[:, 1:], ordered[:, :-1] + 1, 0)
-    return stored
-
-
-def untie_codes(stored: Tensor, gaps: Tensor) -> Tensor:
-    """``sort_ties`` undone on a row prefix: stored [n, k], gaps [n, k − 1] -> codes [n, k],
-    same dtype: a run's codes are its first one plus the running sum of (stored + 1)."""
-    n, k = stored.shape
-    if k == 1:
-        return stored
-    cont = torch.zeros((n, k), dtype=torch.bool, device=stored.device)
-    cont[:, 1:] = gaps == 0
-    step = stored.long() + cont  # int64: a row's running sum may pass 2^31
-    total = torch.cumsum(step, 1)
-    place = torch.arange(k, device=stored.device).expand(n, k)
-    start = torch.where(cont, 0, place).cummax(1).values  # the first entry of each one's run
-    return (total - torch.gather(total - step, 1, start)).to(stored.dtype)
-
-
-def canonical_rows(indices: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows [N, K] reordered by value (descending), then index: the order-free form in which
-    two caches of the same teacher agree whatever order they keep tied entries in."""
-    key = torch.argsort(indices, dim=1, stable=True)
-    by_index = (indices.gather(1, key), logits.gather(1, key))
-    order = torch.argsort(by_index[1], dim=1, descending=True, stable=True)
-    return by_index[0].gather(1, order), by_index[1].gather(1, order)
 
 
 # ---------------------------------------------------------------- fitting

@@ -1,6 +1,7 @@
 """Bit-level pieces of cache format v2: packing fields into bytes, reading them back in torch,
-and the two codes of small integers (fitted to a sample): class codes (one selector per value)
-and width codes (one selector per group of values).
+the two codes of small integers (fitted to a sample): class codes (one selector per value)
+and width codes (one selector per group of values), and the value grid that turns a row's
+logits into such integers.
 """
 
 from __future__ import annotations
@@ -189,3 +190,32 @@ class WidthCode:
             for rest in itertools.combinations(range(top), (1 << s) - 1)
         ]
         return min(options, key=lambda code: code.bits(group_max, sizes))
+
+
+# ---------------------------------------------------------------- values
+
+
+def quantise_gaps(logits: Tensor, step: float, max_gap: int) -> Tensor:
+    """Integer gaps of rows on a ``step`` grid: [N, K] descending -> [N, K − 1] int64.
+
+    q_i = round((z_1 − z_i) / step) is each entry's grid value; the gaps follow it, except that
+    a gap above ``max_gap`` is clamped and the rest carried into the next gaps (only entries
+    ≥ max_gap·step nats below the top are affected).
+    """
+    target = torch.round((logits[:, :1].double() - logits.double()) / step).long()  # [N, K]
+    gaps = target.diff(dim=1).clamp_(min=0)
+    if gaps.numel() == 0 or int(gaps.max()) <= max_gap:
+        return gaps
+    decoded = torch.zeros_like(target[:, 0])
+    for i in range(gaps.shape[1]):
+        gaps[:, i] = (target[:, i + 1] - decoded).clamp(0, max_gap)
+        decoded += gaps[:, i]
+    return gaps
+
+
+def gaps_to_logits(gaps: Tensor, step: float) -> Tensor:
+    """[N, K − 1] integer gaps -> [N, K] float32 logits 0, −step·q_2, …, −step·q_K."""
+    out = torch.empty((gaps.shape[0], gaps.shape[1] + 1), dtype=torch.float32, device=gaps.device)
+    out[:, 0] = 0.0
+    torch.cumsum(gaps, 1, dtype=torch.float32, out=out[:, 1:])
+    return out.mul_(-step)

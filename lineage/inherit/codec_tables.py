@@ -12,6 +12,13 @@ where the ranking puts first the tokens the teacher predicted most in a calibrat
 then the rest by frequency in the cached text, and the lists come from that text's bigrams
 (``index_tables``). Small codes are then frequent, and a class code (``codec_bits``) stores
 them in few bits. Both maps are plain arrays saved beside the cache; decoding is one gather.
+
+Codec 2 (``topk-classes-v2``; codec 1 is ``topk-classes``) also reorders: a run of entries
+with equal coded values (gap 0; at K = 64, 84 % of the gaps past rank 31 are 0) is stored in
+increasing code order, and each entry after the run's first stores its code's difference to
+the previous one, minus 1 (``sort_ties``; ``untie_codes`` undoes it). The loss sees only the
+(index, value) pairs, so the order inside a run is free. Measured (``bench_cache.py``, V ≈ 33k,
+K = 64): the index codes fell from 83 to 62 bytes per token of text, the layout unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from lineage.errors import LineageError
 
@@ -204,3 +213,43 @@ def row_context(inputs: np.ndarray, target: np.ndarray, objective: str) -> np.nd
     if objective == "mlm":
         t = np.maximum(t - 1, 0)
     return np.asarray(inputs)[b, t]
+
+
+def sort_ties(codes: Tensor, gaps: Tensor) -> Tensor:
+    """Codec 2's stored index codes: codes [N, K] int64 (distinct in a row), gaps [N, K − 1]
+    -> [N, K] int64. A run of entries with equal coded values (gap 0) is put in increasing
+    code order (the loss sees only the (index, value) pairs, never their order), and each
+    entry after a run's first stores ``code − previous code − 1``: small where the coarse
+    tail ties many tokens."""
+    n, k = codes.shape
+    cont = torch.zeros((n, k), dtype=torch.bool)
+    cont[:, 1:] = gaps == 0
+    run = torch.cumsum(~cont, 1)
+    ordered = torch.sort((run << 32) | codes, dim=1).values & 0xFFFFFFFF
+    stored = ordered.clone()
+    stored[:, 1:] -= torch.where(cont[:, 1:], ordered[:, :-1] + 1, 0)
+    return stored
+
+
+def untie_codes(stored: Tensor, gaps: Tensor) -> Tensor:
+    """``sort_ties`` undone on a row prefix: stored [n, k], gaps [n, k − 1] -> codes [n, k],
+    same dtype: a run's codes are its first one plus the running sum of (stored + 1)."""
+    n, k = stored.shape
+    if k == 1:
+        return stored
+    cont = torch.zeros((n, k), dtype=torch.bool, device=stored.device)
+    cont[:, 1:] = gaps == 0
+    step = stored.long() + cont  # int64: a row's running sum may pass 2^31
+    total = torch.cumsum(step, 1)
+    place = torch.arange(k, device=stored.device).expand(n, k)
+    start = torch.where(cont, 0, place).cummax(1).values  # the first entry of each one's run
+    return (total - torch.gather(total - step, 1, start)).to(stored.dtype)
+
+
+def canonical_rows(indices: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows [N, K] reordered by value (descending), then index: the order-free form in which
+    two caches of the same teacher agree whatever order they keep tied entries in."""
+    key = torch.argsort(indices, dim=1, stable=True)
+    by_index = (indices.gather(1, key), logits.gather(1, key))
+    order = torch.argsort(by_index[1], dim=1, descending=True, stable=True)
+    return by_index[0].gather(1, order), by_index[1].gather(1, order)
