@@ -112,7 +112,7 @@ def test_codec_1_cache_decodes_as_it_did_when_written() -> None:
 def test_student_trains_from_a_codec_1_cache(tmp_path: Path) -> None:
     shard = open_cache(V2).shard("fixture", "v2-teacher")
     torch.manual_seed(0)
-    student = AutoModelForCausalLM.from_config(build_config("gpt2", "tiny", _Vocab(), 16))
+    student = AutoModelForCausalLM.from_config(build_config("gpt2", "tiny", 300, 16))
     tracker = NullTracker()
     config = TrainConfig(
         steps=3, batch_size=3, lr=3e-3, eval_every=3, eval_blocks=4, checkpoint_every=0,
