@@ -62,3 +62,32 @@ def test_bench_cache_agreement_smoke(tmp_path: Path) -> None:
         [b - a for a, b in zip(result["v1"]["final_ppl"], result["v2"]["final_ppl"], strict=True)]
     )
     assert "final_ppl: v1" in proc.stdout and "the spread" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_real_checkpoint_smoke(tmp_path: Path) -> None:
+    """The real-checkpoint journey on a tiny local Llama (GQA, tied, 1k BPE) through the CLI:
+    every step timed, the measured plan's verdict, a 3-block cache the KI run reads without
+    building another, the adapter scored through its base, forgetting reported."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = ROOT / "benchmarks" / "bench_real_checkpoint.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = [s["step"] for s in summary["steps"]]
+    assert steps[:3] == ["domains", "domain bio", "register"] and steps[-1] == "forgetting"
+    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in summary["steps"])
+    assert summary["checkpoint"]["shape"]["kv_heads"] == 2
+    cache = summary["cache"]
+    assert cache["blocks"] == [3] and cache["shard_blocks"][0] > 3
+    assert cache["estimated_s"] > 0 and cache["bytes"] > 0 and cache["build_job_s"] > 0
+    assert summary["ki_caches_built"] == []  # KI read the 3 cached blocks, built nothing
+    assert summary["adapter_eval"] > 1 and "forgetting/cs" in summary["forgetting"]
+    assert summary["plan"] and all(p["reasons"] for p in summary["plan"])
