@@ -45,9 +45,9 @@ def bundled_docs(domain: str, limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
-def build_tokenizer(vocab: int, out: Path) -> Any:
+def build_tokenizer(vocab: int, out: Path, docs: int | None = None) -> Any:
     """A SentencePiece/Llama-style BPE (Metaspace, <unk> <s> </s>, BOS prepended) trained on
-    every bundled document."""
+    the bundled documents (the first ``docs`` of each domain; default all)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -57,7 +57,7 @@ def build_tokenizer(vocab: int, out: Path) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
     )
-    texts = [d for name in ("literature", "cs", "bio") for d in bundled_docs(name)]
+    texts = [d for name in ("literature", "cs", "bio") for d in bundled_docs(name, docs)]
     bpe.train_from_iterator(texts, trainer=trainer)
     bpe.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
@@ -76,7 +76,7 @@ def build_local(out: Path, size: str, pretrain_steps: int, block: int) -> dict[s
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, kv_heads, ffn, vocab = SIZES[size]
-    tok = build_tokenizer(vocab, out)
+    tok = build_tokenizer(vocab, out, None if size == "100m" else 300)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,

@@ -213,6 +213,7 @@ def evaluate_model(
                 step=step,
                 n_tokens=result.n_tokens,
                 mlflow_run_id=mlflow_run_id,
+                protocol=result.protocol,
             )
         )
     return out
@@ -450,6 +451,7 @@ def _register_grown(
                 n_tokens=score.n_tokens,
                 step=0,
                 mlflow_run_id=run_id,
+                protocol=score.protocol,
             )
         ws.write_model_card(new)  # in the published folder; a card only with its rows
     return model

@@ -230,6 +230,8 @@ def test_cli_journey_with_real_format_tokenizers(
     teacher = llama_teacher(llama_tokenizer_dir, tmp_path / "hf" / "smol")
     out = json.loads(cli(*w, "model", "register", str(teacher), "-d", "literature", "--json"))
     assert (out["family"], out["objective"]) == ("llama", "clm")
+    assert (out["heads"], out["kv_heads"]) == (4, 2)  # GQA, read from the config
+    assert "4 heads (2 kv heads: GQA)" in " ".join(cli(*w, "model", "show", "smol").split())
     tok = json.loads(cli(*w, "tokenizer", "register", "smol", "--json"))
     assert tok["name"] == "smol" and tok["params"]["kind"] == "sentencepiece-bpe"
     student_args = ["--layers", "1", "--hidden", "16", "--heads", "2", "--max-positions", "64"]
@@ -243,17 +245,21 @@ def test_cli_journey_with_real_format_tokenizers(
         cli(*w, "model", "create", "pupil2", "--family", "llama", "--tokenizer", "smol",
             *student_args, "--kv-heads", "1", "--json")
     )  # fmt: skip
-    assert same["tokenizer_fingerprint"] == tok["fingerprint"]
+    assert same["tokenizer_fingerprint"] == tok["fingerprint"] and same["kv_heads"] == 1
     evals = json.loads(
         cli(*w, "model", "eval", "smol", "-d", "cs", "--block-size", "32", "--max-blocks", "2",
             "--json")
     )  # fmt: skip
     assert evals[0]["n_tokens"] == 2 * 31 and evals[0]["ppl"] > 1
+    assert (evals[0]["n_blocks"], evals[0]["block_size"]) == (2, 32)  # the protocol, recorded
+    assert len(evals[0]["sample_digest"]) == 64
     cli(*w, "train", "-m", "pupil", "-o", "pupil-ki", "--strategy", "ki", "-t", "smol",
         "-d", "cs", "--steps", "2", "--batch-size", "2", "--block-size", "32",
         "--eval-every", "0", "--eval-blocks", "2", "--checkpoint-every", "0")  # fmt: skip
     shown = json.loads(cli(*w, "model", "show", "pupil-ki", "--json"))
     assert {(e["parent"], e["kind"]) for e in shown["parents"]} >= {("smol", "ki")}
+    assert shown["description"] == "KI from pupil, taught by smol, on cs"  # names the teacher
+    assert shown["evaluations"][0]["protocol"].startswith("2x32 ")
 
     encoder = save(
         BertModel(bert_config(wordpiece_tokenizer_dir)), wordpiece_tokenizer_dir,

@@ -263,7 +263,7 @@ def test_measured_perplexity_is_preferred() -> None:
     fake = {"t_cs": 40.0, "t_bio": 3.0, "s": 20.0}
     seen: list[int] = []
 
-    def measurer(model: CandidateInfo, docs: object) -> float:
+    def measurer(model: CandidateInfo, docs: object, domain: str | None) -> float:
         seen.append(len(docs))  # type: ignore[arg-type]
         return fake[model.name]
 

@@ -78,7 +78,10 @@ def show(ctx: typer.Context, name: str, as_json: JsonOption = False) -> None:
         "generation": reg.generation(name),
         "parents": [e.to_dict() for e in reg.edges(name) if e.child == name],
         "children": [e.to_dict() for e in reg.edges(name) if e.parent == name],
-        "evaluations": [e.to_dict() for e in reg.evaluations(model=name)],
+        "evaluations": [
+            e.to_dict() | {"protocol": e.protocol.short() if e.protocol else None}
+            for e in reg.evaluations(model=name)
+        ],
     }
     if as_json:
         emit_json(data)
@@ -86,22 +89,38 @@ def show(ctx: typer.Context, name: str, as_json: JsonOption = False) -> None:
     console.print(f"[bold]{name}[/]  generation {data['generation']}  {model.path}")
     console.print(
         f"{model.family} {model.objective}: {model.layers} layers, d_model {model.d_model}, "
-        f"{model.heads} heads, d_ffn {model.d_ffn}, vocab {model.vocab_size}, "
+        f"{model.heads} heads{_kv(model.kv_heads, model.heads)}, d_ffn {model.d_ffn}, "
+        f"vocab {model.vocab_size}, "
         f"{model.n_params:,} parameters; domains: {', '.join(model.domains) or '-'}"
     )
     for e in data["parents"]:
         console.print(f"  <- [{e['kind']}] {e['parent']}  {e['params']}")
     for e in data["children"]:
         console.print(f"  -> [{e['kind']}] {e['child']}")
+    if model.description:
+        console.print(f"  {model.description}", highlight=False, markup=False)
     if data["evaluations"]:
         table(
-            "evaluations",
-            ["domain", "step", "loss", "ppl"],
+            "evaluations (ppl compare only within one protocol: blocks x size, sample digest)",
+            ["domain", "step", "loss", "ppl", "protocol"],
             [
-                (e["domain"], e["step"], f"{e['loss']:.4f}", f"{e['ppl']:.2f}")
+                (
+                    e["domain"],
+                    e["step"],
+                    f"{e['loss']:.4f}",
+                    f"{e['ppl']:.2f}",
+                    e["protocol"] or "unrecorded",
+                )
                 for e in data["evaluations"]
             ],
         )
+
+
+def _kv(kv_heads: int | None, heads: int) -> str:
+    """' (4 kv heads: GQA)' when keys and values have fewer heads than queries."""
+    if kv_heads is None or kv_heads == heads:
+        return ""
+    return f" ({kv_heads} kv heads: {'MQA' if kv_heads == 1 else 'GQA'})"
 
 
 @app.command()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lineage.corpora.batches import IGNORE_INDEX, causal_targets
 from lineage.errors import LineageError
-from lineage.registry.entities import Model
+from lineage.registry.entities import Model, comparable
 from lineage.routing.router import Router
 from lineage.train.lora import adapter_base, is_adapter
 
@@ -38,15 +38,17 @@ __all__ = [
 # --- which model serves a domain --------------------------------------------------------------
 
 
-def _latest_ppl(reg: Registry, model: str, domain: str) -> float:
-    evals = reg.evaluations(model=model, domain=domain)
-    return evals[-1].ppl if evals else math.inf
+def _comparable_ppl(reg: Registry, models: list[str], domain: str) -> dict[str, float]:
+    """The models' registry perplexities on ``domain`` under one protocol (like with like)."""
+    picked = comparable(reg.evaluations(domain=domain), models)
+    return {m: e.ppl for (m, _), e in picked.items()}
 
 
 def match_for_domain(reg: Registry, base: str, domain: str) -> Model | None:
     """What serves ``domain`` for ``base``: its newest adapter trained on the domain, else the
     full model trained on it (same tokenizer and objective) with the lowest registry
-    perplexity there (newest on ties), else None (use the base as it is)."""
+    perplexity there (evaluations under one protocol: ``comparable``; newest on ties), else
+    None (use the base as it is)."""
     adapters = [
         e for e in reg.edges(base) if e.kind == "adapter" and e.parent == base
     ]  # ordered by edge id: the last is the newest
@@ -65,7 +67,8 @@ def match_for_domain(reg: Registry, base: str, domain: str) -> Model | None:
     ]
     if not experts:
         return None
-    return min(experts, key=lambda m: (_latest_ppl(reg, m.name, domain), -m.id))
+    ppl = _comparable_ppl(reg, [m.name for m in experts], domain)
+    return min(experts, key=lambda m: (ppl.get(m.name, math.inf), -m.id))
 
 
 def route_to_adapter(ws: Workspace, text: str, base: str) -> tuple[str, Model | None]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lineage.registry.entities import Evaluation, Model
+from lineage.registry.entities import Evaluation, Model, comparable
 
 __all__ = [
     "DomainForgetting",
@@ -133,14 +133,13 @@ def forgetting_metrics(m: PerplexityMatrix) -> dict[str, float]:
 def chain_matrix(chain: Sequence[Model], evaluations: Sequence[Evaluation]) -> PerplexityMatrix:
     """The matrix of one adaptation chain (base first) from registry evaluations.
 
-    The latest evaluation (highest id) per model × domain is used. A generation learned the
-    domains it lists that its predecessor does not (the base: all it lists).
+    Like with like: per domain, the evaluations under the protocol most of the chain shares
+    (``registry.entities.comparable``), each model's latest under it; a model scored there
+    only on other blocks is left blank (NaN), not compared across protocols. A generation
+    learned the domains it lists that its predecessor does not (the base: all it lists).
     """
     names = [m.name for m in chain]
-    latest: dict[tuple[str, str], Evaluation] = {}
-    for e in sorted(evaluations, key=lambda e: e.id):
-        if e.model in names:
-            latest[(e.model, e.domain)] = e
+    latest = comparable(evaluations, names)
     learned: list[tuple[str, ...]] = []
     for i, row in enumerate(chain):
         before = set(chain[i - 1].domains) if i else set()

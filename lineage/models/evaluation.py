@@ -8,6 +8,7 @@ and their perplexities compare directly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import cast
@@ -26,6 +27,7 @@ from lineage.corpora.batches import (
 from lineage.corpora.tokenizer import TokenizerInfo
 from lineage.errors import LineageError
 from lineage.models.modeling import TargetLogits, check_vocab
+from lineage.registry.entities import EvalProtocol
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,23 @@ class EvalResult:
     # on the same targets: lineage.inherit.schedules.paired_gap).
     block_losses: tuple[float, ...] = field(default=(), repr=False)
     block_targets: tuple[int, ...] = field(default=(), repr=False)
+    protocol: EvalProtocol | None = None  # the blocks scored (registry evaluations record it)
+
+
+DEFAULT_MASK_SEED = 1234
+
+
+def protocol_of(
+    blocks: np.ndarray, objective: str = "clm", mask_seed: int = DEFAULT_MASK_SEED
+) -> EvalProtocol:
+    """The protocol of an evaluation on ``blocks`` [n, T]: n, T and the sha256 of the token ids
+    (as int64; MLM: and the mask seed, which fixes the targets). Two perplexities compare only
+    under the same protocol."""
+    ids = np.ascontiguousarray(blocks, dtype=np.int64)
+    h = hashlib.sha256(ids.data)
+    if objective == "mlm":
+        h.update(f"mlm-mask-seed-{mask_seed}".encode())
+    return EvalProtocol(int(ids.shape[0]), int(ids.shape[1]), h.hexdigest())
 
 
 def fixed_mlm_targets(
@@ -75,7 +94,7 @@ def evaluate(
     objective: str,
     batch_size: int,
     tokenizer: TokenizerInfo | None = None,
-    mask_seed: int = 1234,
+    mask_seed: int = DEFAULT_MASK_SEED,
     device: torch.device | str | None = None,
     max_blocks: int | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -143,4 +162,5 @@ def evaluate(
         n_tokens=count,
         block_losses=tuple(block_losses.tolist()),
         block_targets=tuple(block_targets.tolist()),
+        protocol=protocol_of(blocks, objective, mask_seed),
     )

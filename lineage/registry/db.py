@@ -159,6 +159,7 @@ class ModelRow(Base):
     hub_id: Mapped[str | None] = mapped_column(String(200))  # e.g. "org/name" on the HF Hub
     # file name -> {sha256, size, mtime_ns} of config and weights at registration (None: older)
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    kv_heads: Mapped[int | None] = mapped_column(Integer)  # key/value heads (GQA); None: older
 
 
 class EdgeRow(Base):
@@ -190,6 +191,10 @@ class EvaluationRow(Base):
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The protocol (None: recorded before 0007): blocks scored, their size, sha256 of their ids.
+    n_blocks: Mapped[int | None] = mapped_column(Integer)
+    block_size: Mapped[int | None] = mapped_column(Integer)
+    sample_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class RunRow(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -73,6 +74,7 @@ class Model(_Record):
     created_at: datetime
     hub_id: str | None = None  # its Hugging Face Hub id, when it was published there
     files: dict[str, Any] | None = None  # name -> {sha256, size, mtime_ns} at registration
+    kv_heads: int | None = None  # key/value heads (< heads: grouped-query attention)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,58 @@ class Evaluation(_Record):
     n_tokens: int
     mlflow_run_id: str | None
     created_at: datetime
+    n_blocks: int | None = None  # the protocol: blocks scored (None: recorded before it was)
+    block_size: int | None = None  # tokens per block
+    sample_digest: str | None = None  # sha256 of the scored blocks' token ids
+
+    @property
+    def protocol(self) -> EvalProtocol | None:
+        if self.n_blocks is None or self.block_size is None or self.sample_digest is None:
+            return None
+        return EvalProtocol(self.n_blocks, self.block_size, self.sample_digest)
+
+
+@dataclass(frozen=True)
+class EvalProtocol(_Record):
+    """What an evaluation scored: perplexities compare only under the same protocol (the same
+    token blocks: their count, size and digest; ``lineage.models.evaluation.protocol_of``)."""
+
+    n_blocks: int
+    block_size: int
+    sample_digest: str
+
+    def short(self) -> str:
+        return f"{self.n_blocks}x{self.block_size} {self.sample_digest[:8]}"
+
+
+def comparable(
+    evaluations: Iterable[Evaluation], models: Collection[str] | None = None
+) -> dict[tuple[str, str], Evaluation]:
+    """(model, domain) -> the evaluation to compare, like with like: per domain, the protocol
+    under which the most of ``models`` (default: all) were evaluated (ties: more blocks, then
+    the newest), and each model's latest evaluation under it. A model evaluated on the domain
+    only on other blocks is left out rather than compared with numbers from other blocks;
+    evaluations recorded before protocols were (None) form one group of their own."""
+    by_domain: dict[str, list[Evaluation]] = {}
+    for e in evaluations:
+        if models is None or e.model in models:
+            by_domain.setdefault(e.domain, []).append(e)
+    out: dict[tuple[str, str], Evaluation] = {}
+    for domain, evals in by_domain.items():
+        groups: dict[EvalProtocol | None, list[Evaluation]] = {}
+        for e in evals:
+            groups.setdefault(e.protocol, []).append(e)
+        best = max(
+            groups.items(),
+            key=lambda g: (
+                len({e.model for e in g[1]}),
+                g[0].n_blocks if g[0] is not None else 0,
+                max(e.id for e in g[1]),
+            ),
+        )[1]
+        for e in sorted(best, key=lambda e: e.id):
+            out[(e.model, domain)] = e
+    return out
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class ModelInfo:
     vocab_size: int
     n_params: int
     tokenizer_fingerprint: str | None
+    kv_heads: int | None = None  # key/value heads when the config says (GQA: fewer than heads)
 
 
 def check_has_lm_head(name: str, objective: str, role: str) -> None:
@@ -211,4 +212,7 @@ def read_model_info(model_dir: Path) -> ModelInfo:
         vocab_size=vocab_size,
         n_params=sum(math.prod(shape) for shape in shapes.values()),
         tokenizer_fingerprint=tokenizer_fingerprint(model_dir),
+        kv_heads=_int(config, "num_key_value_heads", model_dir)
+        if config.get("num_key_value_heads") is not None
+        else None,
     )

@@ -49,7 +49,10 @@ class RecordsMixin:
         step: int = 0,
         n_tokens: int = 0,
         mlflow_run_id: str | None = None,
+        protocol: E.EvalProtocol | None = None,
     ) -> E.Evaluation:
+        """Record a perplexity; ``protocol``: the blocks it was measured on (comparisons and
+        reuse of measurements go by it)."""
         with self._write() as s:
             row = EvaluationRow(
                 model_id=_model_row(s, model).id,
@@ -59,6 +62,9 @@ class RecordsMixin:
                 ppl=ppl,
                 n_tokens=n_tokens,
                 mlflow_run_id=mlflow_run_id,
+                n_blocks=None if protocol is None else protocol.n_blocks,
+                block_size=None if protocol is None else protocol.block_size,
+                sample_digest=None if protocol is None else protocol.sample_digest,
             )
             s.add(row)
             s.flush()

@@ -90,6 +90,7 @@ def _model(r: ModelRow, loc: Locations) -> E.Model:
         r.created_at,
         r.hub_id,
         r.files,
+        r.kv_heads,
     )
 
 
@@ -129,7 +130,18 @@ def _shard(r: ShardRow, domain: str, loc: Locations) -> E.Shard:
 
 def _evaluation(r: EvaluationRow, model: str, domain: str) -> E.Evaluation:
     return E.Evaluation(
-        r.id, model, domain, r.step, r.loss, r.ppl, r.n_tokens, r.mlflow_run_id, r.created_at
+        r.id,
+        model,
+        domain,
+        r.step,
+        r.loss,
+        r.ppl,
+        r.n_tokens,
+        r.mlflow_run_id,
+        r.created_at,
+        r.n_blocks,
+        r.block_size,
+        r.sample_digest,
     )
 
 

@@ -169,6 +169,7 @@ class Registry(RecordsMixin, ReservationsMixin):
                 description=description,
                 hub_id=hub_id,
                 files=files,
+                kv_heads=info.kv_heads,
             )
             s.add(row)
             s.flush()

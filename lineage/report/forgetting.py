@@ -23,7 +23,7 @@ from lineage.continual.forgetting import (
     forward_transfer,
 )
 from lineage.errors import LineageError
-from lineage.registry.entities import Model
+from lineage.registry.entities import Model, comparable
 from lineage.workspace import Workspace
 
 __all__ = ["ChainReport", "ForgettingReport", "forgetting_report"]
@@ -121,7 +121,10 @@ def forgetting_report(
         raise LineageError("name at least one model to report on")
     reg = ws.registry
     evaluations = reg.evaluations()
-    ref = {e.domain: e.ppl for e in evaluations if e.model == reference} if reference else {}
+    ref = {}
+    if reference:  # under the protocol the reference shares with the most reported models
+        picked = comparable(evaluations, {reference, *models})
+        ref = {d: e.ppl for (m, d), e in picked.items() if m == reference}
     if reference:
         reg.model(reference)  # NotFoundError for a typo
     chains, matrices = [], []

@@ -18,7 +18,7 @@ import numpy as np
 
 from lineage.corpora.profiles import VocabularyProfile, profile_texts
 from lineage.errors import LineageError
-from lineage.registry.entities import Shard
+from lineage.registry.entities import Evaluation, Shard, comparable
 from lineage.registry.modelinfo import ENCODER
 from lineage.routing.scoring import (
     CandidateInfo,
@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 Routable = str | Path | Shard | VocabularyProfile
-Measurer = Callable[["CandidateInfo", Sequence[str]], "float | None"]
+# (model, a shard's sample documents, the shard's domain when registered) -> ppl or None
+Measurer = Callable[["CandidateInfo", Sequence[str], "str | None"], "float | None"]
+Baseline = Callable[["CandidateInfo", Sequence[str]], "float | None"]
 
 
 def regret(teacher: str | None, scores: Sequence[Mapping[str, Any]]) -> float | None:
@@ -141,6 +143,7 @@ class _Item:
     shard_id: int | None
     profile: VocabularyProfile | None
     docs: Callable[[], Iterable[str]]
+    domain: str | None = None  # a registered shard's domain (measurements are stored under it)
 
 
 def read_documents(path: Path) -> Iterable[str]:
@@ -155,7 +158,8 @@ class Router:
 
     ``domains``: every registered domain profile (nearest-domain labels); ``candidates``: the
     teachers; ``student``: the model being trained (eligibility and references), or None;
-    ``measurer``: called as ``measurer(model, sample_docs)`` for perplexities on a shard sample.
+    ``measurer``: called as ``measurer(model, sample_docs, domain)`` for perplexities on a shard
+    sample (``domain``: the shard's, when it is registered; None for texts and files).
     """
 
     def __init__(
@@ -167,7 +171,7 @@ class Router:
         weights: RouterWeights | None = None,
         measure: ProximityMeasure = "coverage",
         measurer: Measurer | None = None,
-        baseline: Measurer | None = None,
+        baseline: Baseline | None = None,
         sample_docs: int = 64,
         root: Path | None = None,
     ) -> None:
@@ -212,14 +216,16 @@ class Router:
             if teachers is not None
             else [m.name for m in reg.models() if m.objective != ENCODER]  # no head: no teacher
         )
-        cands = [candidate_info(reg, n, domains) for n in names if n != student]
-        stud = candidate_info(reg, student, domains) if student else None
+        # Registry perplexities compare like with like: one protocol per domain for all.
+        picked = comparable(reg.evaluations(), {*names, *([student] if student else [])})
+        cands = [candidate_info(reg, n, domains, picked) for n in names if n != student]
+        stud = candidate_info(reg, student, domains, picked) if student else None
         measurer = None
         if measure:
             # torch loads only when measuring
             from lineage.routing.perplexity import PerplexityMeter
 
-            measurer = PerplexityMeter()
+            measurer = PerplexityMeter(registry=reg)  # measurements cached as evaluations
         return cls(
             domains,
             cands,
@@ -267,7 +273,9 @@ class Router:
             words = (self._like.stopwords, self._like.token_pattern)
             if profile is not None and (profile.stopwords, profile.token_pattern) != words:
                 profile = None  # split into words differently: profile again from the text
-            return _Item(f"{x.domain}/{x.name}", x.id, profile, lambda: read_documents(path))
+            return _Item(
+                f"{x.domain}/{x.name}", x.id, profile, lambda: read_documents(path), x.domain
+            )
         if isinstance(x, Path):
             if not x.is_file():
                 raise LineageError(f"{x}: no such file")
@@ -288,7 +296,9 @@ class Router:
         if self.measurer is not None:
             sample = list(itertools.islice(item.docs(), self.sample_docs))
             models = [*self.candidates, *([self.student] if self.student else [])]
-            measured = {m.name: self.measurer(m, sample) for m in models} if sample else {}
+            measured = (
+                {m.name: self.measurer(m, sample, item.domain) for m in models} if sample else {}
+            )
             unigram = self._unigram(models, sample) if sample else {}
         scores = score_candidates(
             profile,
@@ -332,11 +342,17 @@ class Router:
 
 
 def candidate_info(
-    reg: Registry, name: str, domains: Mapping[str, VocabularyProfile]
+    reg: Registry,
+    name: str,
+    domains: Mapping[str, VocabularyProfile],
+    picked: Mapping[tuple[str, str], Evaluation] | None = None,
 ) -> CandidateInfo:
-    """A registered model as a candidate: its profiled training domains, latest PPL per domain."""
+    """A registered model as a candidate: its profiled training domains, its registry PPL per
+    domain (from ``picked``: ``comparable`` over the models compared; default: its own)."""
     model = reg.model(name)
-    ppl = {e.domain: e.ppl for e in reg.evaluations(model=name)}  # ordered by id: last wins
+    if picked is None:
+        picked = comparable(reg.evaluations(model=name))
+    ppl = {d: e.ppl for (m, d), e in picked.items() if m == name}
     return CandidateInfo(
         name=model.name,
         n_params=model.n_params,

@@ -342,6 +342,14 @@ def _register(
     return model  # leaves it unregistered, for the next job of that name to delete
 
 
+def _description(job: TrainJob, student: Model, teachers: list[str], self_ki: bool) -> str:
+    """'KI from <start>, taught by <teachers>, on <domains>': the teachers, not only the start."""
+    what = f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from {student.name}"
+    taught = [*teachers, *([f"{student.name} (self-KI on replay)"] if self_ki else [])]
+    by = f", taught by {', '.join(taught)}," if taught else ""
+    return f"{what}{by} on {', '.join(job.domains)}"
+
+
 def _register_rows(
     ws: Workspace,
     job: TrainJob,
@@ -360,8 +368,7 @@ def _register_rows(
         info,
         files=files,
         domains=domains,
-        description=f"{job.strategy.upper()}{' LoRA adapter' if job.lora else ''} from "
-        f"{student.name} on {', '.join(job.domains)}",
+        description=_description(job, student, sorted(teachers), self_ki is not None),
     )
     fault_point("train.registering")  # inside the transaction: none of it is committed
     trained_before = bool(student.domains) or bool(reg.parents(student.name))
@@ -405,17 +412,17 @@ def _add_evaluations(ws: Workspace, student: Model, model: Model, result: TrainR
     """The run's final perplexities; the student's step-0 ones too (the "before" of forgetting)."""
     reg = ws.registry
     start = result.history[0] if result.history and result.history[0].get("step") == 0 else None
-    known = {(e.domain, e.step) for e in reg.evaluations(model=student.name)}
-    for domain in result.final_eval:
-        if start and f"ppl/{domain}" in start and (domain, 0) not in known:
+    known = {(e.domain, e.step, e.protocol) for e in reg.evaluations(model=student.name)}
+    for domain, final in result.final_eval.items():
+        if start and f"ppl/{domain}" in start and (domain, 0, final.protocol) not in known:
             reg.add_evaluation(
                 student.name,
                 domain,
                 loss=start[f"eval_loss/{domain}"],
                 ppl=start[f"ppl/{domain}"],
                 mlflow_run_id=result.run_id,
+                protocol=final.protocol,  # the same evaluation blocks at step 0
             )
-        final = result.final_eval[domain]
         reg.add_evaluation(
             model.name,
             domain,
@@ -424,4 +431,5 @@ def _add_evaluations(ws: Workspace, student: Model, model: Model, result: TrainR
             step=result.step,
             n_tokens=final.n_tokens,
             mlflow_run_id=result.run_id,
+            protocol=final.protocol,
         )
