@@ -15,7 +15,7 @@ from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
 from lineage.errors import NotFoundError
 from lineage.models.evaluation import evaluate, protocol_of
 from lineage.models.modeling import load_model
-from lineage.registry.modelinfo import max_positions
+from lineage.registry.modelinfo import read_config
 
 if TYPE_CHECKING:
     from lineage.registry.store import Registry
@@ -65,7 +65,11 @@ class PerplexityMeter:
 
     def _blocks(self, model: CandidateInfo, docs: Sequence[str]) -> np.ndarray | None:
         """The sample as the model sees it: [n, block] token ids (None: shorter than a block)."""
-        positions = max_positions(Path(model.path)) or self.block_size
+        config = read_config(Path(model.path))
+        positions = config.get("max_position_embeddings") or config.get("n_positions")
+        positions = int(positions or self.block_size)
+        if config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            positions -= 2  # RoBERTa's position ids start after the padding index
         with tempfile.TemporaryDirectory() as tmp:
             info = tokenize_to_blocks(
                 docs, self._tokenizer(model), min(self.block_size, positions),
