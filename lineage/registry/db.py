@@ -191,7 +191,7 @@ class EvaluationRow(Base):
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The protocol (None: recorded before 0007): blocks scored, their size, sha256 of their ids.
+    # The protocol (None: recorded before 0008): blocks scored, their size, sha256 of their ids.
     n_blocks: Mapped[int | None] = mapped_column(Integer)
     block_size: Mapped[int | None] = mapped_column(Integer)
     sample_digest: Mapped[str | None] = mapped_column(String(64))
