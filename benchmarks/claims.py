@@ -97,7 +97,7 @@ def growth_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
     argv = [*(GROWTH_QUICK if quick else []), "--family", family, "--seed", str(seed)]
     args = bench_growth.parse_args(argv)
     after, curves = bench_growth.experiment(root, args)
-    out: Metrics = {f"after_growth/{m}": loss for m, loss in after.items()}
+    out: Metrics = {f"{m}/loss_after_growth": loss for m, loss in after.items()}
     target = curves[0].ppl[-1]  # scratch's final
     for c in curves:
         out[f"{c.name}/final_ppl"] = c.ppl[-1]
@@ -241,7 +241,8 @@ def render_markdown(data: dict[str, Any]) -> str:
 
 
 def plot(data: dict[str, Any], out: Path, suffix: str) -> list[Path]:
-    """One PNG per (family, claim): mean ± sd bars of its PPL-like and steps-saved metrics."""
+    """One PNG per (family, claim), one panel per kind of metric (``<run>/<kind>``): mean ± sd
+    bars per run, each seed a dot."""
     paths = []
     for (family, claim), metrics in summary(data).items():
         kinds: dict[str, dict[str, dict[str, Any]]] = {}

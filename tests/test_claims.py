@@ -56,11 +56,10 @@ def test_quick_mode_runs_resumes_and_plots(
     cell = data["cells"]["gpt2/growth/0"]
     metrics = cell["metrics"]
     assert cell["seconds"] > 0
-    assert {"after_growth/fpi", "after_growth/copy", "scratch/final_ppl", "FPI/final_ppl"} <= set(
-        metrics
-    )
+    want = {"fpi/loss_after_growth", "copy/loss_after_growth", "scratch/final_ppl", "FPI/final_ppl"}
+    assert want <= set(metrics)
     # Width and depth grown: FPI stays near the source's loss, far below a random model's.
-    assert abs(metrics["after_growth/fpi"] - metrics["after_growth/source"]) < 1.0
+    assert abs(metrics["fpi/loss_after_growth"] - metrics["source/loss_after_growth"]) < 1.0
     assert json.loads((tmp_path / "claims_quick.json").read_text())["cells"].keys() == {
         "gpt2/growth/0"
     }
