@@ -24,8 +24,8 @@ The default family is gpt2 (causal; papers/001 App. A.4 runs KI on GPT too), not
 text's RoBERTa: at this CPU budget a masked LM learns from 15 % of the positions only, and
 teacher and student both stay near the unigram plateau (valid PPL 400-600 with 2000 tokens),
 where the teacher has little to pass on and top-K targets mislead; ``--family roberta`` runs
-that case. For roberta, SL masks dynamically while a cached teacher fixes each block's masks,
-so past one epoch KI runs see repeated masks (the epoch count is printed).
+that case. For roberta, SL masks dynamically while a cached teacher holds 4 masks of each
+block (epoch e reads draw e mod 4), so KI runs repeat a mask only after 4 epochs.
 
     .venv/bin/python benchmarks/bench_ki_results.py [--steps 600] [--quick] [--family gpt2]
         [--workspace DIR] [--threads 1]

@@ -1,6 +1,6 @@
 """DESIGN.md's claims table over several seeds, with error bars: one entry point.
 
-    .venv/bin/python benchmarks/claims.py [--quick] [--family gpt2|roberta|both] [--seeds 3]
+    .venv/bin/python benchmarks/claims.py [--quick|--medium] [--family gpt2|roberta|both] [--seeds 3]
         [--claims ki,growth,adaptation] [--out DIR] [--threads 1]
     .venv/bin/python benchmarks/claims.py --render [--out DIR]   # Markdown tables from the JSON
 
@@ -20,7 +20,8 @@ trainer, by the benchmarks' own code paths:
   and 10 % data; the target PPL and the forgetting on literature.
 
 A seed changes every initial weight and the data order (TrainConfig.seed). Results go to
-``<out>/claims.json`` (``claims_quick.json`` with --quick), written after every cell; a rerun
+``<out>/claims.json`` (``claims_quick.json`` with --quick, ``claims_medium.json`` with --medium),
+written after every cell; a rerun
 skips the cells the JSON already holds, so a long run can be stopped and resumed. Then one
 PNG per (family, claim) with mean ± sd bars and the per-seed values, and the Markdown tables
 (``render_markdown``), which README.md and benchmarks/README.md copy.
@@ -62,13 +63,23 @@ Metrics = dict[str, float | None]
 # ---------------------------------------------------------------- one cell per claim
 
 
-def ki_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
-    """bench_ki_results' six runs; per run its final PPL and the steps saved to SL's final."""
-    setup = bench_ki_results.Setup()
-    if quick:
-        setup = dataclasses.replace(
+def ki_setup(setting: str) -> bench_ki_results.Setup:
+    """bench_ki_results' sizes per setting. ``medium``: a teacher trained twice the student's
+    steps (so it stays ahead through the guided phase), vocabulary 1000, 32 valid blocks."""
+    if setting == "quick":
+        return dataclasses.replace(
             bench_ki_results.Setup.quick_setup(), docs=400, vocab_size=500, valid_every=10
         )
+    if setting == "medium":
+        return bench_ki_results.Setup(
+            steps=200, teacher_steps=400, vocab_size=1000, eval_every=20, eval_blocks=32
+        )
+    return bench_ki_results.Setup()
+
+
+def ki_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
+    """bench_ki_results' six runs; per run its final PPL and the steps saved to SL's final."""
+    setup = ki_setup(setting)
     recipe = {"mask_probability": 0.4, "dropout": 0.0} if family == "roberta" else {}
     setup = dataclasses.replace(setup, model_family=family, seed=seed, **recipe)
     ws = bench_ki_results.Workspace.init(root)
@@ -86,15 +97,23 @@ def ki_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
     return out
 
 
-GROWTH_QUICK = [
-    "--source-steps", "10", "--steps", "6", "--evals", "2", "--eval-blocks", "8",
-    "--vocab", "500", "--block", "32", "--batch", "4", "--docs", "150", "--valid-every", "10",
-]  # fmt: skip
+GROWTH_ARGV = {
+    "quick": [
+        "--source-steps", "10", "--steps", "6", "--evals", "2", "--eval-blocks", "8",
+        "--vocab", "500", "--block", "32", "--batch", "4", "--docs", "150",
+        "--valid-every", "10",
+    ],
+    "medium": [
+        "--source-steps", "200", "--steps", "120", "--evals", "6", "--eval-blocks", "32",
+        "--vocab", "1000",
+    ],
+    "full": [],
+}  # fmt: skip
 
 
-def growth_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
+def growth_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
     """bench_growth: loss right after growth per method, final PPL and steps saved per run."""
-    argv = [*(GROWTH_QUICK if quick else []), "--family", family, "--seed", str(seed)]
+    argv = [*GROWTH_ARGV[setting], "--family", family, "--seed", str(seed)]
     args = bench_growth.parse_args(argv)
     after, curves = bench_growth.experiment(root, args)
     out: Metrics = {f"{m}/loss_after_growth": loss for m, loss in after.items()}
@@ -106,10 +125,11 @@ def growth_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
     return out
 
 
-def adaptation_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
+def adaptation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
     """bench_adaptation's cs runs: target PPL and literature forgetting per variant and data."""
     if family != "roberta":
         raise ValueError("the adaptation claim runs on roberta only (bench_adaptation's family)")
+    quick = setting != "full"  # bench_adaptation has two sizes: its quick one serves medium
     ws, setup = bench_adaptation.build_family(root, quick, bio=False, seed=seed)
     out: Metrics = {}
     try:
@@ -126,7 +146,7 @@ def adaptation_cell(root: Path, family: str, seed: int, quick: bool) -> Metrics:
     return out
 
 
-CELLS: dict[str, Callable[[Path, str, int, bool], Metrics]] = {
+CELLS: dict[str, Callable[[Path, str, int, str], Metrics]] = {
     "ki": ki_cell,
     "growth": growth_cell,
     "adaptation": adaptation_cell,
@@ -140,12 +160,17 @@ def cell_key(family: str, claim: str, seed: int) -> str:
     return f"{family}/{claim}/{seed}"
 
 
-def load(path: Path, quick: bool) -> dict[str, Any]:
+def setting_of(data: dict[str, Any]) -> str:
+    """The JSON's setting; files written before ``medium`` existed say ``"quick": bool``."""
+    return str(data.get("setting") or ("quick" if data.get("quick") else "full"))
+
+
+def load(path: Path, setting: str) -> dict[str, Any]:
     if not path.exists():
-        return {"format": FORMAT, "quick": quick, "cells": {}}
+        return {"format": FORMAT, "setting": setting, "cells": {}}
     data = json.loads(path.read_text())
-    if data.get("quick") != quick:
-        raise SystemExit(f"{path} holds {'quick' if data.get('quick') else 'full'} cells")
+    if setting_of(data) != setting:
+        raise SystemExit(f"{path} holds {setting_of(data)} cells, not {setting}")
     return data
 
 
@@ -166,9 +191,9 @@ def wanted(families: list[str], claims: list[str], seeds: int) -> list[tuple[str
     ]
 
 
-def run_cells(path: Path, cells: list[tuple[str, str, int]], quick: bool) -> dict[str, Any]:
+def run_cells(path: Path, cells: list[tuple[str, str, int]], setting: str) -> dict[str, Any]:
     """Run every cell the JSON at ``path`` does not hold yet; returns the whole JSON."""
-    data = load(path, quick)
+    data = load(path, setting)
     for family, claim, seed in cells:
         key = cell_key(family, claim, seed)
         if key in data["cells"]:
@@ -176,7 +201,7 @@ def run_cells(path: Path, cells: list[tuple[str, str, int]], quick: bool) -> dic
             continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="claims-") as tmp:
-            metrics = CELLS[claim](Path(tmp) / "ws", family, seed, quick)
+            metrics = CELLS[claim](Path(tmp) / "ws", family, seed, setting)
         seconds = time.perf_counter() - started
         data["cells"][key] = {"metrics": metrics, "seconds": seconds}
         save(path, data)
@@ -226,7 +251,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         ]
         parts.append(
             f"**{family}, {claim}** ({seeds} seed(s), {statistics.fmean(seconds):.0f} s per "
-            f"seed{', quick settings' if data.get('quick') else ''})\n"
+            f"seed{'' if setting_of(data) == 'full' else f', {setting_of(data)} settings'})\n"
         )
         parts.append("| metric | mean ± sd | per seed |\n|---|---|---|")
         for metric, m in metrics.items():
@@ -260,7 +285,13 @@ def plot(data: dict[str, Any], out: Path, suffix: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke settings (minutes)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke settings (minutes)")
+    size.add_argument(
+        "--medium",
+        action="store_true",
+        help="between quick and full: ~30-40 min for 3 seeds of gpt2 ki, growth, accumulation",
+    )
     parser.add_argument("--family", default="both", choices=[*FAMILIES, "both"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated subset")
@@ -274,14 +305,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     torch.set_num_threads(args.threads)
-    suffix = "_quick" if args.quick else ""
+    setting = "quick" if args.quick else "medium" if args.medium else "full"
+    suffix = "" if setting == "full" else f"_{setting}"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"claims{suffix}.json"
     families = list(FAMILIES) if args.family == "both" else [args.family]
     if args.render:
-        data = load(path, args.quick)
+        data = load(path, setting)
     else:
-        data = run_cells(path, wanted(families, claims, args.seeds), args.quick)
+        data = run_cells(path, wanted(families, claims, args.seeds), setting)
         plot(data, args.out, suffix)
     print(render_markdown(data))
     return data

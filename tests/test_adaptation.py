@@ -259,7 +259,7 @@ def test_replay_weights_give_the_share_and_keep_proportions() -> None:
         def __len__(self) -> int:
             return self.n
 
-        def batch(self, indices: object, generator: object) -> str:
+        def batch(self, indices: object, generator: object, epochs: object = None) -> str:
             return self.name
 
     shards = [Shard(f"s{i}", n) for i, n in enumerate(sizes)]

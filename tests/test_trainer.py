@@ -150,7 +150,9 @@ class TopKShard:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator) -> Batch:
+    def batch(
+        self, indices: Sequence[int], generator: torch.Generator, epochs: object = None
+    ) -> Batch:
         b = self.inner.batch(indices, generator)
         with torch.no_grad():
             logits = self.model(input_ids=b.input_ids).logits[b.labels != -100]

@@ -39,6 +39,13 @@ def build(
     mask_rate: Annotated[
         float, typer.Option(help="MLM: share of tokens masked (must match training).")
     ] = 0.15,
+    mask_draws: Annotated[
+        int,
+        typer.Option(
+            help="MLM: masks per block; epoch e of a student reads draw e mod N "
+            "(must match training)."
+        ),
+    ] = 4,
     quiet: QuietOption = False,
     format_: Annotated[
         str | None,
@@ -89,6 +96,7 @@ def build(
         block_size=block_size,
         progress=quiet_mode(quiet, as_json),
         mask_probability=mask_rate,
+        mask_draws=mask_draws,
         format_version=None if format_ is None else int(format_[1]),
         max_blocks=max_blocks,
         data_fraction=data_fraction,

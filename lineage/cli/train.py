@@ -66,6 +66,9 @@ def train(
     mask_rate: Annotated[
         float, typer.Option(help="MLM: share of tokens masked in training (and the cache).")
     ] = 0.15,
+    mask_draws: Annotated[
+        int, typer.Option(help="MLM KI: the teacher cache's masks per block (draw = epoch mod N).")
+    ] = 4,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     batch_size: BatchSizeOption = 16,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
@@ -126,6 +129,7 @@ def train(
         build_caches=build_caches,
         top_k=top_k,
         mask_probability=mask_rate,
+        mask_draws=mask_draws,
         block_size=block_size,
         data_fraction=data_fraction,
         config=config,

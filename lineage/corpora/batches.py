@@ -136,9 +136,12 @@ class ShardSource(Protocol):
         """Number of blocks in the shard."""
         ...
 
-    def batch(self, indices: Sequence[int], generator: Masking) -> Batch:
+    def batch(
+        self, indices: Sequence[int], generator: Masking, epochs: Sequence[int] | None = None
+    ) -> Batch:
         """The batch made of these block indices (``generator`` drives dynamic masking: one
-        generator for the batch, or one per block)."""
+        generator for the batch, or one per block; ``epochs``: the sampler's epoch of each
+        block, which picks a cached MLM teacher's mask draw)."""
         ...
 
 
@@ -301,9 +304,12 @@ class BlockShard:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def batch(self, indices: Sequence[int], generator: Masking) -> Batch:
+    def batch(
+        self, indices: Sequence[int], generator: Masking, epochs: Sequence[int] | None = None
+    ) -> Batch:
         """Blocks ``indices`` as a batch: input_ids/labels [len(indices), block_size]. MLM
-        masks come from ``generator``, or block i's from ``generator[i]`` given one per block."""
+        masks come from ``generator``, or block i's from ``generator[i]`` given one per block
+        (dynamic masking: ``epochs`` is not needed)."""
         ids = torch.from_numpy(self.blocks[np.asarray(indices, dtype=np.int64)].astype(np.int64))
         if self.objective == "clm":
             return Batch(
@@ -392,7 +398,7 @@ class MixtureSampler:
     def __next__(self) -> Batch:
         choice = np.random.default_rng(_mix(self.seed, "shard", self.index))
         k = int(choice.choice(len(self.shards), p=self.probabilities))
-        group = self._take(k, self.batch_size * self.world_size)
+        group, epochs = self._take(k, self.batch_size * self.world_size)
         first = self.rank * self.batch_size
         mine = group[first : first + self.batch_size]
         generators = [
@@ -401,7 +407,7 @@ class MixtureSampler:
         ]
         self.index += 1
         self.samples += len(group)
-        return self.shards[k].batch(mine, generators)
+        return self.shards[k].batch(mine, generators, epochs[first : first + self.batch_size])
 
     def _permutation(self, k: int, epoch: int) -> np.ndarray:
         cached = self._perm_cache.get(k)
@@ -411,18 +417,21 @@ class MixtureSampler:
             self._perm_cache[k] = cached
         return cached[1]
 
-    def _take(self, k: int, n: int) -> list[int]:
-        """The next ``n`` block indices of shard ``k``, crossing epoch boundaries."""
+    def _take(self, k: int, n: int) -> tuple[list[int], list[int]]:
+        """The next ``n`` block indices of shard ``k``, crossing epoch boundaries, and the
+        epoch each was drawn in."""
         out: list[int] = []
+        epochs: list[int] = []
         while len(out) < n:
             perm = self._permutation(k, self._epoch[k])
             part = perm[self._pos[k] : self._pos[k] + n - len(out)]
             out.extend(int(i) for i in part)
+            epochs.extend([self._epoch[k]] * len(part))
             self._pos[k] += len(part)
             if self._pos[k] >= len(perm):
                 self._epoch[k] += 1
                 self._pos[k] = 0
-        return out
+        return out, epochs
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position of the stream (same on every rank)."""

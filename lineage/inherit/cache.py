@@ -24,7 +24,11 @@ Causal caches store their blocks as ``inputs`` too, rather than checking a separ
 against a digest: the cache is then self-contained (a moved or re-tokenised shard cannot pair
 the wrong tokens with the logits) for 2 bytes a token. Their targets are every position but the
 last and their labels the next input, so format 2 stores neither; MLM caches store the masks
-they were built with (positions, labels), as the teacher's predictions depend on them.
+they were built with (positions, labels), as the teacher's predictions depend on them. An MLM
+cache may hold several mask draws of every block (``MaskSpec.draws``; RoBERTa duplicated its
+data with different masks): draw d of block i is row d·n_blocks + i of the parts, and a
+student reads draw ``epoch mod draws`` (``CachedShard.batch``), so over epochs its targets move
+as with dynamic masking while matching the teacher's exactly.
 
 A cache of K serves any student asking for k ≤ K: the first k entries of each row are the
 teacher's top-k (``LogitCache.shard(..., top_k=k)``).
@@ -123,6 +127,7 @@ class MaskSpec:
     special_ids: tuple[int, ...] = ()
     probability: float = 0.15
     seed: int = 0
+    draws: int = 1  # masks per block; the trainer uses draw ``epoch mod draws`` (older: 1)
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,16 @@ def _open_decoder(root: Path, manifest: CacheManifest, verify: bool) -> TopKDeco
         raise LineageError(f"{root}: the cache's codec is unusable ({exc})") from exc
 
 
+def _covers(parts: Sequence[PartInfo], rows: int) -> bool:
+    """Whether the parts hold rows 0 .. rows - 1 in order, each once."""
+    edge = 0
+    for part in parts:
+        if part.block_start != edge or part.block_end < edge:
+            return False
+        edge = part.block_end
+    return edge == rows
+
+
 def open_cache(path: Path, *, expect: CacheMeta | None = None, verify: bool = True) -> LogitCache:
     """Open (memory-map) a cache; refuse one built for something other than ``expect``.
 
@@ -286,6 +301,12 @@ def open_cache(path: Path, *, expect: CacheMeta | None = None, verify: bool = Tr
             raise ConflictError(
                 f"logit cache {path} was built for another setup: " + "; ".join(diffs)
             )
+    draws = 1 if manifest.masking is None else manifest.masking.draws
+    if draws < 1 or not _covers(manifest.parts, manifest.n_blocks * draws):
+        raise LineageError(
+            f"{path / MANIFEST}: its parts do not cover {manifest.n_blocks} blocks x {draws} "
+            "mask draw(s) in order"
+        )
     parts = [_open_part(path, p, manifest, verify) for p in manifest.parts]
     return LogitCache(path, manifest, parts, _open_decoder(path, manifest, verify))
 
@@ -314,13 +335,23 @@ class LogitCache:
     def __len__(self) -> int:
         return self.manifest.n_blocks
 
-    def block(self, index: int) -> dict[str, np.ndarray]:
-        """One block's cached rows: inputs [T], positions/labels [n_i]; format 1: topk_indices
-        and topk_logits [n_i, K]; format 2: topk_codes (its bytes)."""
+    @property
+    def draws(self) -> int:
+        """Mask draws per block (MLM; 1 for causal caches and caches built before draws)."""
+        masking = self.manifest.masking
+        return 1 if masking is None else masking.draws
+
+    def block(self, index: int, draw: int = 0) -> dict[str, np.ndarray]:
+        """One block's cached rows under mask ``draw``: inputs [T], positions/labels [n_i];
+        format 1: topk_indices and topk_logits [n_i, K]; format 2: topk_codes (its bytes).
+        Draw d of block i is the cache's row d·n_blocks + i."""
         if not 0 <= index < len(self):
             raise IndexError(f"block {index} out of range for a cache of {len(self)} blocks")
-        part = self._parts[int(np.searchsorted(self._starts, index, side="right")) - 1]
-        local = index - part.block_start
+        if not 0 <= draw < self.draws:
+            raise IndexError(f"mask draw {draw} out of range for a cache of {self.draws} draws")
+        row = draw * len(self) + index
+        part = self._parts[int(np.searchsorted(self._starts, row, side="right")) - 1]
+        local = row - part.block_start
         a = part.arrays
         out = {"inputs": a["inputs"][local]}
         r0, r1 = int(a["offsets"][local]), int(a["offsets"][local + 1])
@@ -358,14 +389,20 @@ class CachedShard:
     def __len__(self) -> int:
         return len(self.cache)
 
-    def batch(self, indices: Sequence[int], generator: object = None) -> Batch:
-        """Blocks ``indices`` as a Batch; ``generator`` is unused (the cache fixed the masks).
+    def batch(
+        self, indices: Sequence[int], generator: object = None, epochs: Sequence[int] | None = None
+    ) -> Batch:
+        """Blocks ``indices`` as a Batch; ``generator`` is unused (the cache fixed the masks);
+        block i is served under mask draw ``epochs[i] mod draws`` (draw 0 without ``epochs``),
+        its inputs and targets exactly those the teacher saw.
 
         -> input_ids/labels [B, T] long; the teacher's rows in row-major order of
         ``labels != IGNORE_INDEX``: format 1 as topk_indices [N, k] long and topk_logits [N, k]
         float32, format 2 as topk_coded (decoded on the training device to the same).
         """
-        blocks = [self.cache.block(int(i)) for i in indices]
+        draws = self.cache.draws
+        picked = [0] * len(indices) if epochs is None else [int(e) % draws for e in epochs]
+        blocks = [self.cache.block(int(i), d) for i, d in zip(indices, picked, strict=True)]
         block_size = int(self.cache.meta.block_size or 0)
         inputs = _stack([rows["inputs"] for rows in blocks], np.int64).reshape(-1, block_size)
         input_ids = torch.from_numpy(inputs)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # transformers is slow to import and only named in annotation
 
 _HASH_ROWS_BYTES = 1 << 24  # read blocks 16 MiB at a time when hashing a memory-mapped shard
 MAX_CODED_K = 256  # format 2 up to this K; wider rows (a full distribution) stay format 1
+DEFAULT_MASK_DRAWS = 4  # MLM caches of a workspace: masks per block (epoch e reads e mod 4)
 
 
 # ---------------------------------------------------------------- identity
@@ -120,13 +121,18 @@ def _masking(
     special_ids: Sequence[int],
     probability: float,
     seed: int,
+    draws: int,
 ) -> MaskSpec | None:
     if objective != "mlm":
+        if draws != 1:
+            raise LineageError(f"mask draws are for MLM caches; a causal cache has 1, not {draws}")
         return None
     if mask_token_id is None:
         raise LineageError("an MLM cache needs mask_token_id")
+    if draws < 1:
+        raise LineageError(f"mask draws must be at least 1, not {draws}")
     return MaskSpec(
-        int(mask_token_id), vocab, tuple(int(i) for i in special_ids), probability, seed
+        int(mask_token_id), vocab, tuple(int(i) for i in special_ids), probability, seed, draws
     )
 
 
@@ -162,6 +168,7 @@ def build_cache(
     format_version: int | None = None,
     codec_step: float = DEFAULT_STEP,
     shard_blocks: int | None = None,
+    mask_draws: int = 1,
 ) -> CacheManifest:
     """Run ``teacher`` once over ``blocks`` [n, T] and write its top-K logits to ``out_dir``.
 
@@ -174,6 +181,9 @@ def build_cache(
     ``codec_step``: format 2's value grid in nats (``lineage.inherit.codec``);
     ``shard_blocks``: the whole shard's block count when ``blocks`` are only its first rows
     (recorded in the manifest: such a cache never serves a job that reads the whole shard).
+    ``mask_draws``: MLM masks per block (workspaces build ``DEFAULT_MASK_DRAWS``): the teacher
+    runs on every draw (draw d of block i masked by ``block_generator(mask_seed, d·n + i)``)
+    and the trainer reads draw ``epoch mod mask_draws``; causal caches have one.
     """
     state = process_state()  # CPU ranks on gloo (else each would build the whole cache alone)
     _check_blocks(blocks)
@@ -187,8 +197,10 @@ def build_cache(
     if not 1 <= k <= vocab:
         raise LineageError(f"top_k must be in 1..{vocab} (the vocabulary size), not {top_k}")
     masking = _masking(
-        objective, mask_token_id, vocab_size or vocab, special_ids, mask_probability, mask_seed
-    )
+        objective, mask_token_id, vocab_size or vocab, special_ids, mask_probability, mask_seed,
+        mask_draws,
+    )  # fmt: skip
+    rows = len(blocks) * (1 if masking is None else masking.draws)
     full_meta = _complete_meta(meta, teacher, k, objective, blocks.shape[1])
     run_device = torch.device(device) if device is not None else state.device
     spec = PartSpec(
@@ -202,7 +214,7 @@ def build_cache(
         first = None
         if spec.format_version >= 2:
             spec, first = calibrate_codec(teacher, blocks, spec, state, vocab, codec_step)
-        span = _part_span(len(blocks), state.num_processes, state.process_index)
+        span = _part_span(rows, state.num_processes, state.process_index)
         part_dir = tmp / f"part-{state.process_index:05d}"
         part = build_part(teacher, blocks, part_dir, span, spec, first)
         (part_dir / "part.json").write_text(json.dumps(asdict(part)))

@@ -15,7 +15,11 @@ from typing import Any
 
 from lineage.corpora.blocks import ShardBlocks
 from lineage.errors import LineageError
-from lineage.inherit.cache_build import MAX_CODED_K, forward_seconds_per_block
+from lineage.inherit.cache_build import (
+    DEFAULT_MASK_DRAWS,
+    MAX_CODED_K,
+    forward_seconds_per_block,
+)
 from lineage.inherit.cache_parts import index_dtype
 from lineage.inherit.teachers import DEFAULT_MASK_PROBABILITY, cache_dir, find_cache
 from lineage.registry.entities import Model
@@ -55,9 +59,11 @@ def estimate_bytes(
     vocab: int,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     format_version: int | None = None,
+    mask_draws: int = 1,
 ) -> int:
     """A cache's size on disk, from its shape: exact for format 1 (give or take the headers),
-    the measured bytes per kept logit for format 2 (the default up to K = 256)."""
+    the measured bytes per kept logit for format 2 (the default up to K = 256); an MLM cache
+    of ``mask_draws`` draws holds every block that many times."""
     coded = (format_version or (2 if top_k <= MAX_CODED_K else 1)) >= 2
     index = index_dtype(vocab).itemsize
     per_block = block_size - 1 if objective == "clm" else mask_probability * block_size
@@ -69,7 +75,8 @@ def estimate_bytes(
     else:
         row = top_k * (index + 2) + masks
         fixed = _NPY_HEADER * 6
-    return int(fixed + n_blocks * (block_size * index + 16 + per_block * row))
+    rows = n_blocks * (mask_draws if objective == "mlm" else 1)
+    return int(fixed + rows * (block_size * index + 16 + per_block * row))
 
 
 def plan_teacher_caches(
@@ -81,17 +88,19 @@ def plan_teacher_caches(
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     format_version: int | None = None,
     load_teacher: Callable[[], Any] | None = None,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> list[PlannedCache]:
     """The caches of ``teacher`` over ``shards`` (each with the number of its first blocks the
     job reads): found ones as they are; for the others the estimates, timing the teacher (from
     ``load_teacher``, default ``load_model``) once on the first shard to build."""
     out: list[PlannedCache] = []
     per_block: float | None = None
+    draws = mask_draws if teacher.objective == "mlm" else 1  # the teacher runs on every draw
     for blocks, need in shards:
         total = len(blocks.blocks)
         need = max(1, min(need, total))
-        found = find_cache(ws, teacher, blocks, top_k, mask_probability, need)
-        path = found or cache_dir(ws, teacher, blocks, top_k, mask_probability, need)
+        found = find_cache(ws, teacher, blocks, top_k, mask_probability, need, draws)
+        path = found or cache_dir(ws, teacher, blocks, top_k, mask_probability, need, draws)
         item = PlannedCache(
             teacher.name, blocks.key, need, total, top_k, str(path), found is not None
         )
@@ -100,9 +109,10 @@ def plan_teacher_caches(
                 per_block = _time_teacher(teacher, blocks, top_k, load_teacher)
             size = estimate_bytes(
                 need, blocks.blocks.shape[1], top_k, str(teacher.objective),
-                int(teacher.vocab_size), mask_probability, format_version,
+                int(teacher.vocab_size), mask_probability, format_version, draws,
             )  # fmt: skip
-            item = PlannedCache(**{**item.to_dict(), "seconds": per_block * need, "bytes": size})
+            seconds = per_block * need * draws
+            item = PlannedCache(**{**item.to_dict(), "seconds": seconds, "bytes": size})
         out.append(item)
     return out
 

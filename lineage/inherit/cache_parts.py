@@ -209,10 +209,20 @@ def _write_batch(
     totals[1] += len(stream)
 
 
+def draw_rows(blocks: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """Rows ``span`` of a cache of several mask draws: row r is block ``r mod n_blocks``."""
+    start, end = span
+    n = len(blocks)
+    if end <= n:
+        return np.asarray(blocks[start:end])
+    return np.asarray(blocks[np.arange(start, end) % n])
+
+
 def _launch(
     teacher: torch.nn.Module, blocks: np.ndarray, span: tuple[int, int], spec: PartSpec
 ) -> Launched:
-    inputs, labels = block_targets(blocks[span[0] : span[1]], span[0], spec.objective, spec.masking)
+    rows = draw_rows(blocks, span)  # row r's mask comes from block_generator(seed, r)
+    inputs, labels = block_targets(rows, span[0], spec.objective, spec.masking)
     return inputs, labels, teacher_topk(teacher, inputs, labels, spec.top_k, spec.device)
 
 
@@ -271,7 +281,8 @@ def calibrate_codec(
     first: Launched | None = None
     chosen: list[tuple[dict, dict[str, np.ndarray]] | None] = [None]
     if state.is_main_process:
-        first = _launch(teacher, blocks, (0, min(spec.batch_size, len(blocks))), spec)
+        draws = 1 if spec.masking is None else spec.masking.draws
+        first = _launch(teacher, blocks, (0, min(spec.batch_size, len(blocks) * draws)), spec)
         inputs, labels, (values, indices) = first
         context = row_context(inputs.numpy(), (labels != IGNORE_INDEX).numpy(), spec.objective)
         rows = max(1, -(-blocks.size // _TABLE_SAMPLE_TOKENS))  # every rows-th block

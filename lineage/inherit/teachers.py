@@ -14,7 +14,7 @@ from lineage.distributed import on_main
 from lineage.errors import LineageError
 from lineage.faults import fault_point
 from lineage.inherit.cache import CacheManifest, CacheMeta, LogitCache, open_cache
-from lineage.inherit.cache_build import build_cache
+from lineage.inherit.cache_build import DEFAULT_MASK_DRAWS, build_cache
 from lineage.models.modeling import load_model
 from lineage.registry.entities import Model
 from lineage.registry.modelinfo import check_has_lm_head
@@ -51,14 +51,19 @@ def cache_dir(
     top_k: int,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     n_blocks: int | None = None,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> Path:
     """Where the cache lives; an MLM cache at another mask rate than 15 % gets its own folder,
-    and a cache of the shard's first ``n_blocks`` only (fewer than the shard has) its own name."""
+    and one of several mask draws too (``-D4``: caches built before draws, one each, keep their
+    folders and are not mistaken for new ones); a cache of the shard's first ``n_blocks`` only
+    (fewer than the shard has) its own name."""
     fp = str(teacher.tokenizer_fingerprint)[:16]
     block_size = blocks.blocks.shape[1]
     mask = ""
     if teacher.objective == "mlm" and mask_probability != DEFAULT_MASK_PROBABILITY:
         mask = f"-M{mask_probability:g}"
+    if teacher.objective == "mlm" and mask_draws != 1:
+        mask += f"-D{mask_draws}"
     first = ""
     if n_blocks is not None and n_blocks < len(blocks.blocks):
         first = f"-first{n_blocks}"
@@ -89,22 +94,27 @@ def find_cache(
     top_k: int,
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     need: int | None = None,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> Path | None:
-    """The teacher's registered cache of this shard (at this mask rate) that serves ``top_k``
+    """The teacher's registered cache of this shard (at this mask rate and number of MLM mask
+    draws) that serves ``top_k``
     over the shard's first ``need`` blocks (default: all of them): the whole-shard cache built
     for that K, else the smallest registered one that covers it (a wider K: its rows' first
     ``top_k`` entries are the top-K; a cache of the first N blocks serves only jobs reading at
     most those N, never one that reads the whole shard)."""
     total = len(blocks.blocks)
     need = total if need is None else min(need, total)
-    if cache_dir(ws, teacher, blocks, top_k, mask_probability).exists():
-        return cache_dir(ws, teacher, blocks, top_k, mask_probability)
+    whole = cache_dir(ws, teacher, blocks, top_k, mask_probability, None, mask_draws)
+    if whole.exists():
+        return whole
     fits = []
     for c in ws.registry.caches(teacher.name):
         n = int(c.manifest.get("n_blocks") or 0)
         partial = c.manifest.get("shard_blocks") is not None and n < total
         covered = n if partial else total
-        where = cache_dir(ws, teacher, blocks, c.top_k, mask_probability, n if partial else None)
+        where = cache_dir(
+            ws, teacher, blocks, c.top_k, mask_probability, n if partial else None, mask_draws
+        )
         if c.top_k >= top_k and covered >= need and Path(c.path) == where and where.exists():
             fits.append((covered, c.top_k, where))
     return min(fits)[2] if fits else None
@@ -122,30 +132,35 @@ def ensure_cache(
     mask_probability: float = DEFAULT_MASK_PROBABILITY,
     format_version: int | None = None,
     max_blocks: int | None = None,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> LogitCache:
     """A cache of the teacher for this shard holding at least ``top_k`` entries per row and at
     least the shard's first ``max_blocks`` blocks (default: all): opened and verified
     (``find_cache``), or built now for ``top_k`` over those blocks and registered.
-    ``mask_probability``: an MLM cache's mask rate (recorded in its manifest, checked on open);
+    ``mask_probability``: an MLM cache's mask rate and ``mask_draws`` its masks per block
+    (recorded in its manifest, checked on open; causal caches have one draw);
     ``format_version``: of a cache built here (default: ``build_cache``'s)."""
     if not 0.0 < mask_probability < 1.0:
         raise LineageError(f"mask probability must lie in (0, 1), got {mask_probability}")
+    if mask_draws < 1:
+        raise LineageError(f"mask draws must be at least 1, got {mask_draws}")
+    draws = mask_draws if teacher.objective == "mlm" else 1
     block_size = blocks.blocks.shape[1]
     total = len(blocks.blocks)
     need = total if max_blocks is None else max(1, min(max_blocks, total))
-    found = find_cache(ws, teacher, blocks, top_k, mask_probability, need)
+    found = find_cache(ws, teacher, blocks, top_k, mask_probability, need, draws)
     if found is not None:
         cache = open_cache(found, expect=expected_meta(teacher, block_size, None))
         if int(cache.meta.top_k or 0) < top_k:  # a cache directory renamed by hand
             raise LineageError(f"cache {found} holds the top {cache.meta.top_k}, not {top_k}")
-        cache = _check_mask(cache, teacher, mask_probability)
+        cache = _check_mask(cache, teacher, mask_probability, draws)
         if not any(Path(c.path) == found for c in ws.registry.caches(teacher.name)):
             # published by a build killed before it registered it (opened above with every
             # file's digest checked): registered now, so that it is listed and found
             _register_cache(ws, found, teacher, int(cache.meta.top_k or top_k), cache.manifest,
                             blocks)  # fmt: skip
         return cache
-    path = cache_dir(ws, teacher, blocks, top_k, mask_probability, need)
+    path = cache_dir(ws, teacher, blocks, top_k, mask_probability, need, draws)
     expect = expected_meta(teacher, block_size, top_k)
     if lm is None:
         lm = load_model(Path(teacher.path))
@@ -165,6 +180,7 @@ def ensure_cache(
         mask_probability=mask_probability,
         format_version=format_version,
         shard_blocks=total if need < total else None,
+        mask_draws=draws,
     )
 
     fault_point("cache.published")  # in place, not yet registered: a rerun registers it
@@ -194,6 +210,7 @@ def _register_cache(
                     "shard": blocks.key,
                     "format": manifest.format_version,
                     "shard_blocks": manifest.shard_blocks,
+                    "mask_draws": 1 if manifest.masking is None else manifest.masking.draws,
                 },
                 blocks.shard.domain,
             )
@@ -204,11 +221,15 @@ def _register_cache(
     on_main(register, f"registering the cache of {teacher.name!r}")
 
 
-def _check_mask(cache: LogitCache, teacher: Model, mask_probability: float) -> LogitCache:
+def _check_mask(
+    cache: LogitCache, teacher: Model, mask_probability: float, draws: int
+) -> LogitCache:
     masking = cache.manifest.masking
     if teacher.objective == "mlm" and (masking is None or masking.probability != mask_probability):
         got = None if masking is None else masking.probability
         raise LineageError(
             f"cache {cache.path} was built with mask probability {got}, not {mask_probability}"
         )
+    if cache.draws != draws:  # a cache directory renamed by hand
+        raise LineageError(f"cache {cache.path} holds {cache.draws} mask draw(s), not {draws}")
     return cache

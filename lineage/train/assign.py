@@ -156,7 +156,7 @@ def planned_caches(ws: Workspace, job: TrainJob, assigned: list[Assigned]) -> li
     for name, shards in by_teacher.items():
         out += plan_teacher_caches(
             ws, ws.registry.model(name), shards, top_k=job.top_k,
-            mask_probability=job.mask_probability,
+            mask_probability=job.mask_probability, mask_draws=job.mask_draws,
         )  # fmt: skip
     return out
 
@@ -210,6 +210,7 @@ def shard_sources(
                 progress=progress,
                 mask_probability=job.mask_probability,
                 max_blocks=len(blocks.blocks),
+                mask_draws=job.mask_draws,
             )
             shard = cache.shard(blocks.key, a.teacher, top_k=job.top_k)
             sources.append(_ScarceCached(shard, len(blocks.blocks)))
@@ -230,6 +231,7 @@ def cache_params(sources: list[ShardSource]) -> dict[str, list[dict[str, Any]]]:
                     "path": str(cache.path),
                     "cache_top_k": cache.meta.top_k,
                     "format": cache.format_version,
+                    "mask_draws": cache.draws,
                 }
             )
     return out
@@ -245,8 +247,10 @@ class _ScarceCached:
     def __len__(self) -> int:
         return self.n
 
-    def batch(self, indices: Sequence[int], generator: Any) -> Any:
-        return self.inner.batch(indices, generator)
+    def batch(
+        self, indices: Sequence[int], generator: Any, epochs: Sequence[int] | None = None
+    ) -> Any:
+        return self.inner.batch(indices, generator, epochs)
 
 
 def eval_sets(ws: Workspace, job: TrainJob, student: Model) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from lineage.corpora.blocks import ShardBlocks, domain_blocks, fraction_blocks
 from lineage.distributed import process_state
 from lineage.errors import LineageError
+from lineage.inherit.cache_build import DEFAULT_MASK_DRAWS
 from lineage.inherit.cache_costs import PlannedCache, plan_teacher_caches
 from lineage.inherit.teachers import ensure_cache
 from lineage.models.modeling import load_model
@@ -47,13 +48,16 @@ def build_caches(
     max_blocks: int | None = None,
     data_fraction: float | None = None,
     announce: Callable[[list[PlannedCache]], None] | None = None,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> list[Cache]:
     """``lineage cache build``: the teacher's caches for every train shard of ``domains`` (each
     over its first ``blocks_wanted`` blocks), as one job (an MLflow run and a registry run,
     FAILED with the error if anything raises). A shard that already has a cache of at least
     ``top_k`` over at least those blocks keeps it (it serves this K too); ``format_version`` is
     that of the caches built (default: ``build_cache``'s). ``announce`` is given the list of
-    caches with their estimates before any is built. Returns the caches serving the request."""
+    caches with their estimates before any is built. MLM caches hold ``mask_draws`` masks of
+    every block (a student reads draw ``epoch mod mask_draws``). Returns the caches serving the
+    request."""
     reg = ws.registry
     teacher = reg.model(teacher_name)
     blocks_wanted(1, max_blocks, data_fraction)  # bad options fail before any work
@@ -69,6 +73,7 @@ def build_caches(
     params |= {"max_blocks": max_blocks, "data_fraction": data_fraction}
     if teacher.objective == "mlm":
         params["mask_probability"] = mask_probability
+        params["mask_draws"] = mask_draws
     main = process_state().is_main_process
     tags = {"lineage.teacher": teacher_name, "lineage.strategy": "cache"}
     tracker = job_tracker(ws, f"cache {teacher_name}", tags, main=main)
@@ -82,7 +87,7 @@ def build_caches(
         ]
         planned = plan_teacher_caches(
             ws, teacher, shards, top_k=top_k, mask_probability=mask_probability,
-            format_version=format_version, load_teacher=lambda: lm,
+            format_version=format_version, load_teacher=lambda: lm, mask_draws=mask_draws,
         )  # fmt: skip
         if announce is not None and main:
             announce(planned)
@@ -92,7 +97,7 @@ def build_caches(
             cache = ensure_cache(
                 ws, teacher, blocks, top_k=top_k, lm=lm, progress=progress,
                 mask_probability=mask_probability, format_version=format_version,
-                max_blocks=need,
+                max_blocks=need, mask_draws=mask_draws,
             )  # fmt: skip
             paths.add(Path(cache.path).resolve())
         caches = [c for c in reg.caches(teacher_name) if Path(c.path).resolve() in paths]

@@ -7,6 +7,7 @@ from typing import Any
 
 from lineage.errors import LineageError
 from lineage.files import check_name
+from lineage.inherit.cache_build import DEFAULT_MASK_DRAWS
 from lineage.inherit.schedules import InheritanceSchedule
 from lineage.inherit.teachers import TEACHER_MODES
 from lineage.models.shapes import DEFAULT_BLOCK_SIZE
@@ -31,6 +32,7 @@ class TrainJob:
     teacher_mode: str = "cached"  # "cached" (top-K logit cache) or "online" (teacher forward)
     top_k: int = 10  # teacher logits kept per target in the cache
     mask_probability: float = 0.15  # MLM: share of tokens masked (training shards and cache)
+    mask_draws: int = DEFAULT_MASK_DRAWS  # MLM teacher cache: masks per block, draw = epoch mod N
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per training block
     data_fraction: float = 1.0  # use only this share of each target shard (data-scarce runs)
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -64,6 +66,8 @@ class TrainJob:
             raise LineageError(f"data fraction must be in (0, 1], got {self.data_fraction}")
         if not 0 < self.mask_probability < 1:
             raise LineageError(f"mask rate must be in (0, 1), got {self.mask_probability}")
+        if self.mask_draws < 1:
+            raise LineageError(f"mask draws must be at least 1, got {self.mask_draws}")
         if self.student == self.output:
             raise LineageError("the output must get a new name (models are never overwritten)")
         if not 0 <= self.replay < 1:

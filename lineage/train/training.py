@@ -309,6 +309,7 @@ def _teacher_params(
             "temperature": job.config.temperature,
             "top_k": job.top_k,  # the K the loss used (≤ each cache's K)
             "mask_probability": job.mask_probability,
+            "mask_draws": job.mask_draws,
             "mode": job.teacher_mode,
             "plan": job.plan,
             "shards": [a.blocks.key for a in assigned if a.teacher == name],
