@@ -1,7 +1,7 @@
 """DESIGN.md's claims table over several seeds, with error bars: one entry point.
 
     .venv/bin/python benchmarks/claims.py [--quick|--medium] [--family gpt2|roberta|both] [--seeds 3]
-        [--claims ki,growth,adaptation] [--out DIR] [--threads 1]
+        [--claims ki,growth,accumulation,adaptation] [--out DIR] [--threads 1]
     .venv/bin/python benchmarks/claims.py --render [--out DIR]   # Markdown tables from the JSON
 
 A cell is one (family, claim, seed); every cell runs in a fresh workspace through the real
@@ -15,19 +15,23 @@ trainer, by the benchmarks' own code paths:
 - ``growth`` (``bench_growth``): a 2x64 source grown to 4x128 by DirectCopy (at the source's
   scale, and at the HF init), FPI, AKI; the loss right after growth, and the steps each grown
   model (and AKI + two-stage, AKI + KI, scratch + KI) needs to reach scratch's final PPL.
+- ``accumulation`` (``bench_accumulation``, ki's sizes): G1 2x64 -> G2 3x96 (SL; KI from G1) ->
+  G3 4x128 (SL; KI from G1, from G2-SL, from G2-KI); "G1 -> G2 -> G3 better than G2 -> G3 and
+  G1 -> G3": the steps each G3 needs to reach the final PPL of G3 taught by G2-SL.
 - ``adaptation`` (``bench_adaptation``, RoBERTa only: its family is fixed there): a literature
   base adapted to cs by SL, KI from the cs expert, KI + replay, KI + replay + self-KI, at full
   and 10 % data; the target PPL and the forgetting on literature.
 
 A seed changes every initial weight and the data order (TrainConfig.seed). Results go to
 ``<out>/claims.json`` (``claims_quick.json`` with --quick, ``claims_medium.json`` with --medium),
-written after every cell; a rerun
-skips the cells the JSON already holds, so a long run can be stopped and resumed. Then one
+written after every cell; a rerun skips the cells the JSON already holds, so a long run can be
+stopped and resumed. Then one
 PNG per (family, claim) with mean ± sd bars and the per-seed values, and the Markdown tables
 (``render_markdown``), which README.md and benchmarks/README.md copy.
 
-Not covered yet: G1 -> G2 -> G3 accumulation (no benchmark runs it). --quick settings are a
-smoke test of the machinery (minutes), not results.
+--quick settings are a smoke test of the machinery (minutes), not results; --medium is the
+smallest setting where KI has room to pass SL (a teacher trained twice the student's steps);
+its growth cell measures the loss right after growth only (``bench_growth --growth-only``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this one
 
+import bench_accumulation
 import bench_adaptation
 import bench_growth
 import bench_ki_results
@@ -55,7 +60,7 @@ import bench_ki_results
 from lineage.report.compare import saving
 from lineage.report.plots import error_bars
 
-CLAIMS = ("ki", "growth", "adaptation")
+CLAIMS = ("ki", "growth", "accumulation", "adaptation")
 FAMILIES = ("gpt2", "roberta")
 FORMAT = 1
 Metrics = dict[str, float | None]
@@ -64,24 +69,30 @@ Metrics = dict[str, float | None]
 
 
 def ki_setup(setting: str) -> bench_ki_results.Setup:
-    """bench_ki_results' sizes per setting. ``medium``: a teacher trained twice the student's
-    steps (so it stays ahead through the guided phase), vocabulary 1000, 32 valid blocks."""
+    """bench_ki_results' sizes per setting. ``medium``: batches of 8, a teacher trained twice
+    the student's steps (so it stays ahead through the guided phase), vocabulary 1000, 32 valid
+    blocks: about a third of the full setting's compute."""
     if setting == "quick":
         return dataclasses.replace(
             bench_ki_results.Setup.quick_setup(), docs=400, vocab_size=500, valid_every=10
         )
     if setting == "medium":
         return bench_ki_results.Setup(
-            steps=200, teacher_steps=400, vocab_size=1000, eval_every=20, eval_blocks=32
-        )
+            steps=200, teacher_steps=400, batch_size=8, vocab_size=1000, eval_every=20,
+            eval_blocks=32,
+        )  # fmt: skip
     return bench_ki_results.Setup()
+
+
+def family_setup(setting: str, family: str, seed: int) -> bench_ki_results.Setup:
+    """``ki_setup`` for this family and seed (RoBERTa: the MLM recipe, mask 40 %, dropout 0)."""
+    recipe = {"mask_probability": 0.4, "dropout": 0.0} if family == "roberta" else {}
+    return dataclasses.replace(ki_setup(setting), model_family=family, seed=seed, **recipe)
 
 
 def ki_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
     """bench_ki_results' six runs; per run its final PPL and the steps saved to SL's final."""
-    setup = ki_setup(setting)
-    recipe = {"mask_probability": 0.4, "dropout": 0.0} if family == "roberta" else {}
-    setup = dataclasses.replace(setup, model_family=family, seed=seed, **recipe)
+    setup = family_setup(setting, family, seed)
     ws = bench_ki_results.Workspace.init(root)
     try:
         fam = bench_ki_results.build_family(ws, setup)
@@ -103,9 +114,9 @@ GROWTH_ARGV = {
         "--vocab", "500", "--block", "32", "--batch", "4", "--docs", "150",
         "--valid-every", "10",
     ],
-    "medium": [
-        "--source-steps", "200", "--steps", "120", "--evals", "6", "--eval-blocks", "32",
-        "--vocab", "1000",
+    "medium": [  # the loss right after growth only (the grown models are not trained)
+        "--source-steps", "400", "--batch", "8", "--eval-blocks", "32", "--vocab", "1000",
+        "--growth-only",
     ],
     "full": [],
 }  # fmt: skip
@@ -117,12 +128,17 @@ def growth_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
     args = bench_growth.parse_args(argv)
     after, curves = bench_growth.experiment(root, args)
     out: Metrics = {f"{m}/loss_after_growth": loss for m, loss in after.items()}
-    target = curves[0].ppl[-1]  # scratch's final
+    target = curves[0].ppl[-1] if curves else math.nan  # scratch's final (none: growth only)
     for c in curves:
         out[f"{c.name}/final_ppl"] = c.ppl[-1]
         if c.name != "scratch":
             out[f"{c.name}/steps_saved"] = saving(args.steps, c.reach(target))
     return out
+
+
+def accumulation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
+    """bench_accumulation at ki's sizes: G1 -> G2 (SL, KI) -> G3 (SL, KI from G1, G2-SL, G2-KI)."""
+    return bench_accumulation.experiment(root, family_setup(setting, family, seed))
 
 
 def adaptation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
@@ -149,6 +165,7 @@ def adaptation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics
 CELLS: dict[str, Callable[[Path, str, int, str], Metrics]] = {
     "ki": ki_cell,
     "growth": growth_cell,
+    "accumulation": accumulation_cell,
     "adaptation": adaptation_cell,
 }
 

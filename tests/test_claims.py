@@ -72,4 +72,26 @@ def test_quick_mode_runs_resumes_and_plots(
     again = claims.main([*argv, "--out", str(tmp_path)])
     assert again["cells"] == data["cells"]
     with pytest.raises(SystemExit):  # quick and full cells never share a JSON
-        claims.load(tmp_path / "claims_quick.json", quick=False)
+        claims.load(tmp_path / "claims_quick.json", "full")
+    with pytest.raises(SystemExit):
+        claims.load(tmp_path / "claims_quick.json", "medium")
+
+
+@pytest.mark.slow
+def test_accumulation_runs_three_generations(claims: ModuleType, tmp_path: Path) -> None:
+    """G1 -> G2 (SL, KI) -> G3 (SL, KI from G1, G2-SL, G2-KI) at a few steps each, through the
+    real trainer; G3's savings are measured against G3 taught by G2-SL."""
+    import bench_accumulation
+    from bench_ki_results import Setup
+
+    setup = Setup(
+        steps=6, teacher_steps=6, vocab_size=300, block_size=32, batch_size=4, eval_every=3,
+        eval_blocks=4, docs=120, valid_every=10, quick=True,
+    )  # fmt: skip
+    metrics = bench_accumulation.experiment(tmp_path / "ws", setup)
+    runs = ["g1", "g2-sl", "g2-ki", "g3-sl", "g3-from-g1", "g3-from-g2-sl", "g3-from-g2-ki"]
+    assert all(0 < metrics[f"{r}/final_ppl"] < setup.vocab_size * 2 for r in runs)  # type: ignore[operator]
+    saved = {k for k in metrics if k.endswith("steps_saved")}
+    assert saved == {f"{r}/steps_saved" for r in runs[3:] if r != "g3-from-g2-sl"}
+    assert all(v is None or v < 1 for k, v in metrics.items() if k in saved)
+    assert claims.CELLS["accumulation"] is claims.accumulation_cell

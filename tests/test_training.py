@@ -89,9 +89,10 @@ def test_mask_rate_reaches_the_shards_and_the_cache(
     reg = family_ws.registry
     caches = reg.caches("teacher-lit")
     for cache in caches:
-        assert Path(cache.path).parent.parent.name.endswith("-M0.4")
+        assert Path(cache.path).parent.parent.name.endswith("-M0.4-D4")
         manifest = json.loads(Path(cache.path, "manifest.json").read_text())
         assert manifest["masking"]["probability"] == 0.4
+        assert manifest["masking"]["draws"] == 4  # the default: epoch e reads draw e mod 4
     assert reg.edges("out")[0].params["mask_probability"] == 0.4
     teacher, student = reg.model("teacher-lit"), reg.model("student")
     info = TokenizerInfo.of(load_tokenizer(Path(student.path)))
