@@ -50,7 +50,7 @@ def build_config(
     tokenizer, or from a vocabulary size alone with the special ids `train_tokenizer` fixes
     (for models whose tokenizer does not matter: tests, benchmarks); SDPA attention. ``dropout`` (hidden and attention; default the HF 0.1 where the
     family has it, the paper's setting) and ``init_range`` (std of the initial weights, default
-    0.02) are the knobs a tiny MLM needs (/work/notes: dropout 0 trains faster at this size)."""
+    0.02) are the knobs a tiny MLM needs (README, "KI on masked LMs": dropout 0 trains faster at this size)."""
     config = _family_config(family, resolve_shape(shape), tokenizer, max_positions)
     return _with_regularisation(config, dropout, init_range)
 
