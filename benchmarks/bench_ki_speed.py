@@ -124,7 +124,7 @@ def step_times(
         sampler=MixtureSampler([v.shard], batch_size=BATCH, seed=seed),
         eval_sets={},
         objective=objective(family),
-        out_dir=root / "out",
+        out_dir=Path(tempfile.mkdtemp(dir=root)) / "out",  # train never overwrites a model
         checkpoint_dir=root / "ckpt",
         tracker=NullTracker(),
         schedules=v.schedules,
