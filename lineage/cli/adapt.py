@@ -9,6 +9,7 @@ import typer
 from lineage.cli.common import (
     BatchSizeOption,
     BlockSizeOption,
+    BuildCachesOption,
     CheckpointEveryOption,
     EvalBlocksOption,
     EvalEveryOption,
@@ -71,14 +72,7 @@ def adapt_command(
         list[str] | None, typer.Option("--param", "-p", help="Schedule parameter key=value.")
     ] = None,
     teacher_mode: TeacherModeOption = "cached",
-    build_caches: Annotated[
-        bool,
-        typer.Option(
-            "--build-caches/--no-build-caches",
-            help="Build the teacher caches the run needs (listed first with their estimated "
-            "time and size); --no-build-caches stops before any work when one is missing.",
-        ),
-    ] = True,
+    build_caches: BuildCachesOption = True,
     batch_size: BatchSizeOption = 16,
     lr: LrOption = 5e-4,
     block_size: BlockSizeOption = DEFAULT_BLOCK_SIZE,

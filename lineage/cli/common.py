@@ -48,6 +48,14 @@ StudyOption = Annotated[
     str | None,
     typer.Option(help="MLflow tag lineage.study that groups the runs to compare."),
 ]
+BuildCachesOption = Annotated[
+    bool,
+    typer.Option(
+        "--build-caches/--no-build-caches",
+        help="Build the teacher caches the run needs (listed first with their estimated "
+        "time and size); --no-build-caches stops before any work when one is missing.",
+    ),
+]
 TeacherModeOption = Annotated[str, typer.Option(help="cached (top-K logit cache) or online.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Blocks per micro-batch.")]
 LrOption = Annotated[

@@ -9,6 +9,7 @@ import typer
 from lineage.cli.common import (
     BatchSizeOption,
     BlockSizeOption,
+    BuildCachesOption,
     CheckpointEveryOption,
     EvalBlocksOption,
     EvalEveryOption,
@@ -54,14 +55,7 @@ def train(
         ),
     ] = None,
     teacher_mode: TeacherModeOption = "cached",
-    build_caches: Annotated[
-        bool,
-        typer.Option(
-            "--build-caches/--no-build-caches",
-            help="Build the teacher caches the run needs (listed first with their estimated "
-            "time and size); --no-build-caches stops before any work when one is missing.",
-        ),
-    ] = True,
+    build_caches: BuildCachesOption = True,
     top_k: Annotated[int, typer.Option(help="Teacher logits kept per target (cache).")] = 10,
     mask_rate: Annotated[
         float, typer.Option(help="MLM: share of tokens masked in training (and the cache).")
