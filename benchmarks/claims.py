@@ -25,7 +25,7 @@ trainer, by the benchmarks' own code paths:
 A seed changes every initial weight and the data order (TrainConfig.seed). Results go to
 ``<out>/claims.json`` (``claims_quick.json`` with --quick, ``claims_medium.json`` with --medium),
 written after every cell; a rerun skips the cells the JSON already holds, so a long run can be
-stopped and resumed. Then one
+stopped and resumed, and runs of other cells may share the JSON (one per core). Then one
 PNG per (family, claim) with mean ± sd bars and the per-seed values, and the Markdown tables
 (``render_markdown``), which README.md and benchmarks/README.md copy.
 
@@ -37,14 +37,16 @@ its growth cell measures the loss right after growth only (``bench_growth --grow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,24 @@ def save(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Held while a run reads, then extends the JSON, so that runs sharing it (one per core,
+    different families or claims) never drop each other's cells."""
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def add_cell(path: Path, setting: str, key: str, cell: dict[str, Any]) -> dict[str, Any]:
+    """Add one cell to the JSON as it is on disk now; returns the whole JSON."""
+    with locked(path):
+        data = load(path, setting)
+        data["cells"][key] = cell
+        save(path, data)
+    return data
+
+
 def wanted(families: list[str], claims: list[str], seeds: int) -> list[tuple[str, str, int]]:
     return [
         (f, c, s)
@@ -220,10 +240,9 @@ def run_cells(path: Path, cells: list[tuple[str, str, int]], setting: str) -> di
         with tempfile.TemporaryDirectory(prefix="claims-") as tmp:
             metrics = CELLS[claim](Path(tmp) / "ws", family, seed, setting)
         seconds = time.perf_counter() - started
-        data["cells"][key] = {"metrics": metrics, "seconds": seconds}
-        save(path, data)
+        data = add_cell(path, setting, key, {"metrics": metrics, "seconds": seconds})
         print(f"{key}: {seconds:.0f} s")
-    return data
+    return load(path, setting)
 
 
 # ---------------------------------------------------------------- summaries

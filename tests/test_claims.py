@@ -95,3 +95,28 @@ def test_accumulation_runs_three_generations(claims: ModuleType, tmp_path: Path)
     assert saved == {f"{r}/steps_saved" for r in runs[3:] if r != "g3-from-g2-sl"}
     assert all(v is None or v < 1 for k, v in metrics.items() if k in saved)
     assert claims.CELLS["accumulation"] is claims.accumulation_cell
+
+
+def test_two_runs_sharing_the_json_keep_each_others_cells(
+    claims: ModuleType, tmp_path: Path
+) -> None:
+    """Two processes adding cells to one JSON at once (a run per core) lose none of them."""
+    import multiprocessing
+
+    path = tmp_path / "claims_medium.json"
+
+    def writer(family: str) -> None:
+        for seed in range(150):
+            cell = {"metrics": {"sl/final_ppl": float(seed)}, "seconds": 0.0}
+            claims.add_cell(path, "medium", claims.cell_key(family, "ki", seed), cell)
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=writer, args=(f,)) for f in claims.FAMILIES]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 300
+    assert cells["roberta/ki/149"]["metrics"] == {"sl/final_ppl": 149.0}
