@@ -185,3 +185,66 @@ def _advisory_locks(reg: Registry) -> int:
                 text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
             ).scalar_one()
         )
+
+
+def _reserve(url: str, name: str, ready: Any, hold: Any, outcomes: Any) -> None:
+    """Race for ``name``'s reservation; report the outcome, then stay alive until released
+    (a live owner's reservation is not taken over)."""
+    reg = Registry(url)
+    ready.wait()
+    try:
+        reg.reserve_output(name, f"/m/{name}", job="train")
+        outcomes.put(("won", mp.current_process().pid, False))
+    except ConflictError as exc:
+        outcomes.put(("refused", mp.current_process().pid, "running" in str(exc)))
+    except Exception as exc:  # reported, so that the race fails with it rather than a timeout
+        outcomes.put((repr(exc), mp.current_process().pid, False))
+    hold.wait(120)
+    reg.close()
+
+
+def _race(url: str, name: str, n: int) -> tuple[list[tuple[str, int, bool]], list[Any]]:
+    ctx = mp.get_context("fork")  # see test_four_processes_open_a_fresh_registry_at_once
+    ready, hold, outcomes = ctx.Barrier(n), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_reserve, args=(url, name, ready, hold, outcomes)) for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    results = [outcomes.get(timeout=180) for _ in range(n)]
+    return results, [hold, *procs]
+
+
+def _finish(held: list[Any]) -> None:
+    hold, *procs = held
+    hold.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _reservations(url: str) -> list[Any]:
+    """Read with an engine of its own, closed before the next fork (a child must not inherit
+    the parent's open connections)."""
+    reg = Registry(url)
+    try:
+        return reg.reservations()
+    finally:
+        reg.close()
+
+
+def test_processes_racing_for_one_output_get_it_once(registry_url: str) -> None:
+    """Four jobs with the same output name at once: one reserves it, three are refused while it
+    lives; once it is gone, of four more racing to take its reservation over, one does."""
+    for _ in range(2):  # the second round races to take over the first winner's (dead) row
+        results, held = _race(registry_url, "g2", 4)
+        try:
+            winners = [pid for outcome, pid, _ in results if outcome == "won"]
+            assert len(winners) == 1, results
+            assert all(live for outcome, _, live in results if outcome == "refused"), results
+            [res] = _reservations(registry_url)
+            assert (res.name, res.owner.pid) == ("g2", winners[0])
+        finally:
+            _finish(held)
+        [res] = _reservations(registry_url)  # the winner died holding it: left for the next job
+        assert res.owner.pid == winners[0]
