@@ -11,8 +11,9 @@ comparisons):
   ki-heaviside   KI, α = 1 before step G, 0 after (K = 10);
   ki-constant    KI, α = 0.5 throughout (K = 10);
   ki-linear-k1 / ki-linear-k{N}   the linear schedule with a top-1 and a top-N cache (N = 100
-                 by default; ``--top-k-large 0`` = the full vocabulary, "kfull": for gpt2 that
-                 cache holds every position, about 3 GB).
+                 by default; ``--top-k-large 0``: "kfull", the full distribution, from the
+                 teacher's forward in every step (an online teacher) rather than a cache that
+                 would hold the whole vocabulary per position, gigabytes).
 
 Everything runs through ``lineage.train.training.run_training`` (cached teachers, MLflow runs in the
 workspace), as a user would. Reported: each run's final valid perplexity, the steps each KI run
@@ -86,6 +87,7 @@ class Setup:
     mask_probability: float = 0.15  # MLM: share of masked tokens (training and caches)
     dropout: float | None = None  # model dropout (None: the HF 0.1)
     docs: int = 0  # the corpus's first N documents only (0: all of it)
+    only: tuple[str, ...] = ()  # these runs of ``runs`` only (empty: all of them)
 
     @classmethod
     def quick_setup(cls) -> Setup:
@@ -102,28 +104,28 @@ class Setup:
         return guided_steps_for(t.layers, s.layers, self.steps, objective=objective)
 
 
-def runs(setup: Setup, vocab: int) -> dict[str, dict[str, Any]]:
+def runs(setup: Setup) -> dict[str, dict[str, Any]]:
     """Run name -> TrainJob fields beyond the common ones (strategy, schedule, top_k).
 
-    ``vocab`` is the trained tokenizer's size: K for ``top_k_large = 0`` (the full distribution).
-    ki-linear-k10 serves both comparisons (schedules, and K): it is run once.
+    ki-linear-k10 serves both comparisons (schedules, and K): it is run once. ``top_k_large = 0``:
+    the full distribution, from an online teacher.
     """
     g = setup.guided_steps
     linear = {"kind": "linear", "guided_steps": g}
     ki = {"strategy": "ki", "teachers": ("teacher",)}
-    large = setup.top_k_large or vocab
-    return {
+    k = setup.top_k_large
+    large = {**ki, "schedule": linear, **({"top_k": k} if k else {"teacher_mode": "online"})}
+    every = {
         "sl": {"strategy": "sl"},
         "ki-linear-k10": {**ki, "schedule": linear, "top_k": 10},
         "ki-heaviside": {**ki, "schedule": {"kind": "heaviside", "switch_step": g}, "top_k": 10},
         "ki-constant": {**ki, "schedule": {"kind": "constant", "constant": 0.5}, "top_k": 10},
         "ki-linear-k1": {**ki, "schedule": linear, "top_k": 1},
-        f"ki-linear-k{large if setup.top_k_large else 'full'}": {
-            **ki,
-            "schedule": linear,
-            "top_k": large,
-        },
+        f"ki-linear-k{k or 'full'}": large,
     }
+    if unknown := set(setup.only) - set(every):
+        raise ValueError(f"no runs named {sorted(unknown)}; the runs: {', '.join(every)}")
+    return {name: fields for name, fields in every.items() if not setup.only or name in setup.only}
 
 
 def config(setup: Setup, steps: int) -> TrainConfig:
@@ -175,10 +177,10 @@ def build_family(ws: Workspace, setup: Setup) -> dict[str, Any]:
     }
 
 
-def build_teacher_caches(ws: Workspace, setup: Setup, vocab: int) -> dict[int, float]:
+def build_teacher_caches(ws: Workspace, setup: Setup) -> dict[int, float]:
     """The teacher's top-K caches the runs will open (one per K), timed: K -> seconds."""
     seconds = {}
-    for k in sorted({int(f["top_k"]) for f in runs(setup, vocab).values() if "top_k" in f}):
+    for k in sorted({int(f["top_k"]) for f in runs(setup).values() if "top_k" in f}):
         started = time.perf_counter()
         build_caches(
             ws, "teacher", [DOMAIN], top_k=k, block_size=setup.block_size, progress=False,
@@ -188,10 +190,10 @@ def build_teacher_caches(ws: Workspace, setup: Setup, vocab: int) -> dict[int, f
     return seconds
 
 
-def train_students(ws: Workspace, setup: Setup, vocab: int) -> dict[str, TrainOutcome]:
+def train_students(ws: Workspace, setup: Setup) -> dict[str, TrainOutcome]:
     """Every run from student-init with the same config (seed, data order, steps)."""
     out = {}
-    for name, fields in runs(setup, vocab).items():
+    for name, fields in runs(setup).items():
         started = time.perf_counter()
         job = TrainJob(
             "student-init", name, (DOMAIN,), block_size=setup.block_size,
@@ -286,12 +288,12 @@ def run(root: Path, setup: Setup) -> None:
             f"{family['teacher_ppl']:.2f}  ({time.perf_counter() - started:.0f} s so far)"
         )
         started_caches = time.perf_counter()
-        family["cache_build_s"] = build_teacher_caches(ws, setup, family["vocab"])
+        family["cache_build_s"] = build_teacher_caches(ws, setup)
         print(
             "teacher caches built: "
             + ", ".join(f"K={k} {t:.0f} s" for k, t in family["cache_build_s"].items())
         )
-        outcomes = train_students(ws, setup, family["vocab"])
+        outcomes = train_students(ws, setup)
         family["students_s"] = time.perf_counter() - started_caches
     finally:
         ws.close()

@@ -1,7 +1,7 @@
 """DESIGN.md's claims table over several seeds, with error bars: one entry point.
 
     .venv/bin/python benchmarks/claims.py [--quick|--medium] [--family gpt2|roberta|both] [--seeds 3]
-        [--claims ki,growth,accumulation,adaptation] [--out DIR] [--threads 1]
+        [--claims ki,kfull,growth,accumulation,adaptation] [--out DIR] [--threads 1]
     .venv/bin/python benchmarks/claims.py --render [--out DIR]   # Markdown tables from the JSON
 
 A cell is one (family, claim, seed); every cell runs in a fresh workspace through the real
@@ -12,6 +12,8 @@ trainer, by the benchmarks' own code paths:
   K = 100. Covers "KI converges faster than SL" (steps to SL's final PPL), "linear beats
   heaviside and constant" and "top-10 ≈ a larger K". RoBERTa uses the MLM recipe of the
   diagnosis (mask 40 %, dropout 0; README "KI on masked LMs").
+- ``kfull``: ki's teacher and student again, SL and KI linear from the teacher's whole
+  distribution (an online teacher: a cache of every logit would take gigabytes): K = V.
 - ``growth`` (``bench_growth``): a 2x64 source grown to 4x128 by DirectCopy (at the source's
   scale, and at the HF init), FPI, AKI; the loss right after growth, and the steps each grown
   model (and AKI + two-stage, AKI + KI, scratch + KI) needs to reach scratch's final PPL.
@@ -62,7 +64,7 @@ import bench_ki_results
 from lineage.report.compare import saving
 from lineage.report.plots import error_bars
 
-CLAIMS = ("ki", "growth", "accumulation", "adaptation")
+CLAIMS = ("ki", "kfull", "growth", "accumulation", "adaptation")
 FAMILIES = ("gpt2", "roberta")
 FORMAT = 1
 Metrics = dict[str, float | None]
@@ -94,12 +96,26 @@ def family_setup(setting: str, family: str, seed: int) -> bench_ki_results.Setup
 
 def ki_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
     """bench_ki_results' six runs; per run its final PPL and the steps saved to SL's final."""
-    setup = family_setup(setting, family, seed)
+    return _ki_runs(root, family_setup(setting, family, seed))
+
+
+def kfull_cell(root: Path, family: str, seed: int, setting: str) -> Metrics:
+    """SL and KI linear from the teacher's full distribution (an online teacher), the same
+    teacher, student, seed and data order as ``ki``'s: its K = 1, 10, 100 against K = V. SL is
+    run again rather than read from the ki cell, so a cell stands alone (and the two SL runs
+    can be compared: training is deterministic on one CPU thread)."""
+    setup = dataclasses.replace(
+        family_setup(setting, family, seed), top_k_large=0, only=("sl", "ki-linear-kfull")
+    )
+    return _ki_runs(root, setup)
+
+
+def _ki_runs(root: Path, setup: bench_ki_results.Setup) -> Metrics:
     ws = bench_ki_results.Workspace.init(root)
     try:
         fam = bench_ki_results.build_family(ws, setup)
-        bench_ki_results.build_teacher_caches(ws, setup, fam["vocab"])
-        outcomes = bench_ki_results.train_students(ws, setup, fam["vocab"])
+        bench_ki_results.build_teacher_caches(ws, setup)
+        outcomes = bench_ki_results.train_students(ws, setup)
     finally:
         ws.close()
     out: Metrics = {"teacher/final_ppl": fam["teacher_ppl"]}
@@ -166,6 +182,7 @@ def adaptation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics
 
 CELLS: dict[str, Callable[[Path, str, int, str], Metrics]] = {
     "ki": ki_cell,
+    "kfull": kfull_cell,
     "growth": growth_cell,
     "accumulation": accumulation_cell,
     "adaptation": adaptation_cell,

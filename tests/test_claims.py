@@ -120,3 +120,34 @@ def test_two_runs_sharing_the_json_keep_each_others_cells(
     cells = json.loads(path.read_text())["cells"]
     assert len(cells) == 300
     assert cells["roberta/ki/149"]["metrics"] == {"sl/final_ppl": 149.0}
+
+
+def test_the_runs_of_a_cell(claims: ModuleType) -> None:
+    """K = full is the online teacher (no cache of every logit); ``only`` picks runs."""
+    from bench_ki_results import Setup, runs
+
+    every = runs(Setup())
+    assert list(every) == [
+        "sl", "ki-linear-k10", "ki-heaviside", "ki-constant", "ki-linear-k1", "ki-linear-k100"
+    ]  # fmt: skip
+    full = runs(Setup(top_k_large=0, only=("sl", "ki-linear-kfull")))
+    assert list(full) == ["sl", "ki-linear-kfull"]
+    assert full["ki-linear-kfull"]["teacher_mode"] == "online"
+    assert "top_k" not in full["ki-linear-kfull"]  # so no cache is built for it
+    with pytest.raises(ValueError, match="ki-linear-k7"):
+        runs(Setup(only=("ki-linear-k7",)))
+    assert claims.CELLS["kfull"] is claims.kfull_cell
+
+
+@pytest.mark.slow
+def test_a_kfull_cell_trains_from_the_whole_distribution(
+    claims: ModuleType, tmp_path: Path
+) -> None:
+    """The quick kfull cell: SL and KI from an online teacher, and nothing cached."""
+    metrics = claims.kfull_cell(tmp_path / "ws", "gpt2", 0, "quick")
+    assert set(metrics) == {
+        "teacher/final_ppl", "sl/final_ppl", "ki-linear-kfull/final_ppl",
+        "ki-linear-kfull/steps_saved",
+    }  # fmt: skip
+    assert all(0 < metrics[k] < 1000 for k in metrics if k.endswith("final_ppl"))  # type: ignore[operator]
+    assert not list((tmp_path / "ws").rglob("topk_*.npy"))  # no teacher cache was built
