@@ -10,7 +10,10 @@ the wall time. The paper's claims: KI reaches a lower target PPL than SL, the mo
 data (Table 2), but forgets more of the source (Table 4). The aim beyond the paper: KI's
 target gain with no more forgetting than SL. Every number is measured in this run.
 
-    python benchmarks/bench_adaptation.py [--quick] [--no-bio] [--threads 1] [--keep DIR]
+    python benchmarks/bench_adaptation.py [--quick|--medium] [--no-bio] [--threads 1] [--keep DIR]
+
+--quick is a smoke run (a few steps); --medium (vocabulary 1000, batches of 8, fewer steps) is
+the size ``claims.py --medium`` runs over seeds.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from lineage.workspace import Workspace
 
 SIZES = {  # (base shape, expert shape, base steps, expert steps, adapt steps, vocab, block)
     "full": (ModelShape(4, 128, 4, 512), ModelShape(2, 96, 2, 384), 400, 1200, 150, 2000, 64),
+    "medium": (ModelShape(4, 128, 4, 512), ModelShape(2, 96, 2, 384), 300, 600, 100, 1000, 64),
     "quick": (ModelShape(2, 48, 2, 96), ModelShape(2, 32, 2, 64), 20, 20, 8, 500, 32),
 }
 CORPUS_SHARE = 0.6  # of each bundled corpus's documents (keeps caches and tokenising short)
@@ -46,44 +50,42 @@ CORPUS_SHARE = 0.6  # of each bundled corpus's documents (keeps caches and token
 TOP_K = 100
 
 
-def config(steps: int, lr: float, batch: int, quick: bool, seed: int = 0) -> TrainConfig:
+def config(steps: int, lr: float, batch: int, size: str, seed: int = 0) -> TrainConfig:
     return TrainConfig(
         seed=seed,
         steps=steps,
         batch_size=batch,
         lr=lr,
-        eval_every=0 if quick else max(steps // 3, 1),
-        eval_blocks=8 if quick else 64,
+        eval_every=0 if size == "quick" else max(steps // 3, 1),
+        eval_blocks={"quick": 8, "medium": 32}.get(size, 64),
         eval_batch_size=32,
         checkpoint_every=0,
         log_every=max(steps // 10, 1),
     )
 
 
-def _slice(folder: Path, name: str, quick: bool) -> Path:
+def _slice(folder: Path, name: str, size: str) -> Path:
     """The first share of a bundled corpus's documents, as a text file."""
     with gzip.open(bundled_domains_dir() / name / f"{name}.txt.gz", "rt", encoding="utf-8") as fh:
         docs = list(iter_documents(fh))
-    keep = docs[: int(len(docs) * (0.05 if quick else CORPUS_SHARE))]
+    keep = docs[: int(len(docs) * (0.05 if size == "quick" else CORPUS_SHARE))]
     out = folder / f"{name}.txt"
     out.write_text("\n\n".join(keep) + "\n", encoding="utf-8")
     return out
 
 
 def build_family(
-    root: Path, quick: bool, bio: bool, seed: int = 0
+    root: Path, size: str, bio: bool, seed: int = 0
 ) -> tuple[Workspace, dict[str, Any]]:
-    """Domains, a shared tokenizer, the literature base and the cs/bio experts; ``seed``: their
-    initial weights and data order."""
-    base_shape, expert_shape, base_steps, expert_steps, _, vocab, block = SIZES[
-        "quick" if quick else "full"
-    ]
+    """Domains, a shared tokenizer, the literature base and the cs/bio experts at ``size`` (a
+    key of SIZES); ``seed``: their initial weights and data order."""
+    base_shape, expert_shape, base_steps, expert_steps, _, vocab, block = SIZES[size]
     ws = Workspace.init(root)
     domains = ["literature", "cs", *(["bio"] if bio else [])]
     for name in domains:
-        add_domain(ws, name, [_slice(root.parent, name, quick)], valid_every=20)
+        add_domain(ws, name, [_slice(root.parent, name, size)], valid_every=20)
     train_workspace_tokenizer(ws, "shared", domains, vocab_size=vocab)
-    batch = 8 if quick else 16
+    batch = 16 if size == "full" else 8
     timings = {}
     for name, shape, steps, domain in [
         ("base", base_shape, base_steps, "literature"),
@@ -96,11 +98,11 @@ def build_family(
         start = time.perf_counter()
         job = TrainJob(
             f"{name}-init", name, (domain,), block_size=block,
-            config=config(steps, 2e-3, batch, quick, seed),
+            config=config(steps, 2e-3, batch, size, seed),
         )  # fmt: skip
         run_training(ws, job, progress=False)
         timings[name] = time.perf_counter() - start
-    return ws, {"block": block, "batch": batch, "timings": timings, "seed": seed}
+    return ws, {"block": block, "batch": batch, "timings": timings, "seed": seed, "size": size}
 
 
 def topk_mass(
@@ -131,10 +133,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def run_one(
-    ws: Workspace, setup: dict[str, Any], label: str, target: str, quick: bool, **kw: Any
+    ws: Workspace, setup: dict[str, Any], label: str, target: str, **kw: Any
 ) -> dict[str, Any]:
-    """One adaptation of the base to ``target``; ``kw``: AdaptJob overrides (and ``lr``)."""
-    steps = SIZES["quick" if quick else "full"][4]
+    """One adaptation of the base to ``target`` at the family's size; ``kw``: AdaptJob
+    overrides (and ``lr``)."""
+    size = setup["size"]
+    steps = SIZES[size][4]
     lr = kw.pop("lr", 1e-3)
     name = f"{target}-{len(ws.registry.models())}"
     ki = kw.get("strategy") == "ki"
@@ -149,7 +153,7 @@ def run_one(
         # guidance lasts the run (α = 1 − t/T), not Table 6's pre-training duration.
         schedule_params={"guided_steps": steps} if ki else {},
         block_size=setup["block"],
-        config=config(steps, lr, setup["batch"], quick, setup.get("seed", 0)),
+        config=config(steps, lr, setup["batch"], size, setup.get("seed", 0)),
         **kw,
     )
     start = time.perf_counter()
@@ -210,13 +214,13 @@ def verdict(rows: list[dict[str, Any]]) -> None:
 
 
 def lora_vs_full(
-    ws: Workspace, setup: dict[str, Any], quick: bool, full: dict[str, Any]
+    ws: Workspace, setup: dict[str, Any], full: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """A LoRA adapter (KI, cs, full data) beside the full fine-tuning run ``full`` of the same."""
     base = ws.registry.model("base")
     lora = LoraSpec(rank=8, alpha=16)
     rows = [dict(full, label="full FT (KI)")]
-    rows.append(run_one(ws, setup, "LoRA r=8 (KI)", "cs", quick, strategy="ki", lora=lora, lr=5e-3))
+    rows.append(run_one(ws, setup, "LoRA r=8 (KI)", "cs", strategy="ki", lora=lora, lr=5e-3))
     for r in rows:
         model = ws.registry.model(r["model"])
         if "lora" in r["edge"]:
@@ -237,7 +241,9 @@ def lora_vs_full(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few steps of everything")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="a few steps of everything")
+    sizes.add_argument("--medium", action="store_true", help="claims.py --medium's size")
     parser.add_argument("--no-bio", action="store_true", help="skip the bio adaptations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
@@ -248,7 +254,8 @@ def main() -> None:
     root = args.keep or tmp / "ws"  # type: ignore[operator]
     started = time.perf_counter()
     try:
-        ws, setup = build_family(root, args.quick, not args.no_bio)
+        size = "quick" if args.quick else "medium" if args.medium else "full"
+        ws, setup = build_family(root, size, not args.no_bio)
         print("family built:", {k: f"{v:.0f}s" for k, v in setup["timings"].items()})
         for e in ws.registry.evaluations():
             if not e.model.endswith("-init"):
@@ -258,7 +265,7 @@ def main() -> None:
             f"  expert-cs probability mass in its top-10: {mass[0]:.0%}, top-{TOP_K}: {mass[1]:.0%}"
         )
         rows = [
-            run_one(ws, setup, label, "cs", args.quick, data_fraction=frac, **kw)
+            run_one(ws, setup, label, "cs", data_fraction=frac, **kw)
             for frac in (1.0, 0.1)
             for label, kw in VARIANTS.items()
         ]
@@ -266,13 +273,13 @@ def main() -> None:
         verdict(rows)
         if not args.no_bio:
             bio = [
-                run_one(ws, setup, label, "bio", args.quick, **VARIANTS[label])
+                run_one(ws, setup, label, "bio", **VARIANTS[label])
                 for label in ("SL", "KI", "KI+replay+selfKI")
             ]
             print_table("base (literature) adapted to bio (full data)", bio)
             rows += bio
         full = next(r for r in rows if (r["label"], r["fraction"]) == ("KI", 1.0))
-        rows += lora_vs_full(ws, setup, args.quick, full)
+        rows += lora_vs_full(ws, setup, full)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=str))
         print(f"\ntotal {time.perf_counter() - started:.0f}s")

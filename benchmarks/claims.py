@@ -32,8 +32,8 @@ PNG per (family, claim) with mean ± sd bars and the per-seed values, and the Ma
 (``render_markdown``), which README.md and benchmarks/README.md copy.
 
 --quick settings are a smoke test of the machinery (minutes), not results; --medium is the
-smallest setting where KI has room to pass SL (a teacher trained twice the student's steps);
-its growth cell measures the loss right after growth only (``bench_growth --growth-only``).
+smallest setting where KI has room to pass SL (a teacher trained twice the student's steps),
+with the same sizes for growth (200 steps per grown model) and bench_adaptation's ``medium``.
 """
 
 from __future__ import annotations
@@ -132,9 +132,9 @@ GROWTH_ARGV = {
         "--vocab", "500", "--block", "32", "--batch", "4", "--docs", "150",
         "--valid-every", "10",
     ],
-    "medium": [  # the loss right after growth only (the grown models are not trained)
-        "--source-steps", "400", "--batch", "8", "--eval-blocks", "32", "--vocab", "1000",
-        "--growth-only",
+    "medium": [  # ki's medium sizes: every grown model trained 200 steps at batches of 8
+        "--source-steps", "400", "--steps", "200", "--batch", "8", "--evals", "10",
+        "--eval-blocks", "32", "--vocab", "1000",
     ],
     "full": [],
 }  # fmt: skip
@@ -163,18 +163,17 @@ def adaptation_cell(root: Path, family: str, seed: int, setting: str) -> Metrics
     """bench_adaptation's cs runs: target PPL and literature forgetting per variant and data."""
     if family != "roberta":
         raise ValueError("the adaptation claim runs on roberta only (bench_adaptation's family)")
-    quick = setting != "full"  # bench_adaptation has two sizes: its quick one serves medium
-    ws, setup = bench_adaptation.build_family(root, quick, bio=False, seed=seed)
+    ws, setup = bench_adaptation.build_family(root, setting, bio=False, seed=seed)
     out: Metrics = {}
     try:
         for frac in (1.0, 0.1):
             for label, kw in bench_adaptation.VARIANTS.items():
-                row = bench_adaptation.run_one(
-                    ws, setup, label, "cs", quick, data_fraction=frac, **kw
-                )
+                row = bench_adaptation.run_one(ws, setup, label, "cs", data_fraction=frac, **kw)
                 key = f"{label} @{frac:.0%}"
                 out[f"{key}/target_ppl"] = row["target_ppl"]
                 out[f"{key}/forgetting"] = row["forgetting"]
+                if kw.get("strategy") == "ki":  # 0: the router found no teacher better than SL
+                    out[f"{key}/teachers"] = float(len(row["teachers"]))
     finally:
         ws.close()
     return out
