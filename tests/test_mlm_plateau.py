@@ -18,7 +18,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def plateau() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mlm_plateau", BENCH / "bench_mlm_plateau.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_mlm_plateau", BENCH / "bench_mlm_plateau.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_mlm_plateau"] = module
@@ -51,3 +53,18 @@ def test_count_models_see_what_neighbours_tell(plateau: ModuleType) -> None:
     ce = plateau.count_models(train, valid, INFO)
     assert ce["unigram"] > 3.0  # ~log 36: every token about as frequent
     assert ce["two-sided bigram"] < ce["left bigram"] < ce["unigram"] - 1.5
+
+
+@pytest.mark.slow
+def test_the_quick_run_and_exact_self_distillation(plateau: ModuleType, tmp_path: Path) -> None:
+    """End to end through run_training. A masked LM taught by itself at α = 1 keeps its
+    perplexity when its targets are exact, online or from a cache of every logit: the cached
+    MLM targets line up with the student's masks."""
+    result = plateau.main(["--quick", "--json", str(tmp_path / "plateau.json")])
+    assert result["targets"] > 0 and result["init"]["ordered"] > result["trained"]["ordered"]
+    curves = result["self_distillation"]
+    exact = [curves["online (full distribution)"], curves[f"cache K = V = {300}"]]
+    for curve in exact:
+        start = curve[0][1]
+        assert all(abs(ppl / start - 1) < 0.03 for _, ppl in curve), curve
+    assert set(result["gradient_rms_at_init"]) == set(plateau.GROUPS)
