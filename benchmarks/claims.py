@@ -245,18 +245,18 @@ def wanted(families: list[str], claims: list[str], seeds: int) -> list[tuple[str
 
 
 def run_cells(path: Path, cells: list[tuple[str, str, int]], setting: str) -> dict[str, Any]:
-    """Run every cell the JSON at ``path`` does not hold yet; returns the whole JSON."""
-    data = load(path, setting)
+    """Run every cell the JSON at ``path`` does not hold yet (read again before each cell, so
+    cells another process has added meanwhile are skipped); returns the whole JSON."""
     for family, claim, seed in cells:
         key = cell_key(family, claim, seed)
-        if key in data["cells"]:
+        if key in load(path, setting)["cells"]:
             print(f"{key}: done before, skipped")
             continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="claims-") as tmp:
             metrics = CELLS[claim](Path(tmp) / "ws", family, seed, setting)
         seconds = time.perf_counter() - started
-        data = add_cell(path, setting, key, {"metrics": metrics, "seconds": seconds})
+        add_cell(path, setting, key, {"metrics": metrics, "seconds": seconds})
         print(f"{key}: {seconds:.0f} s")
     return load(path, setting)
 

@@ -151,3 +151,22 @@ def test_a_kfull_cell_trains_from_the_whole_distribution(
     }  # fmt: skip
     assert all(0 < metrics[k] < 1000 for k in metrics if k.endswith("final_ppl"))  # type: ignore[operator]
     assert not list((tmp_path / "ws").rglob("topk_*.npy"))  # no teacher cache was built
+
+
+def test_a_run_skips_cells_another_process_added_meanwhile(
+    claims: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "claims_medium.json"
+    ran: list[int] = []
+
+    def cell(_root: Path, family: str, seed: int, _setting: str) -> dict[str, float]:
+        ran.append(seed)
+        if seed == 0:  # meanwhile another process finishes seed 1
+            other = {"metrics": {"sl/final_ppl": 1.0}, "seconds": 0.0}
+            claims.add_cell(path, "medium", claims.cell_key(family, "growth", 1), other)
+        return {"sl/final_ppl": float(seed)}
+
+    monkeypatch.setitem(claims.CELLS, "growth", cell)
+    data = claims.run_cells(path, claims.wanted(["gpt2"], ["growth"], 3), "medium")
+    assert ran == [0, 2]
+    assert sorted(data["cells"]) == ["gpt2/growth/0", "gpt2/growth/1", "gpt2/growth/2"]
