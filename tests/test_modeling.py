@@ -157,7 +157,7 @@ def test_dropout_and_init_range_knobs(family: str, tok_dir: Path, tmp_path: Path
     out = create_model(family, "tiny", tok_dir, tmp_path / "m", seed=0, dropout=0.0, init_range=0.1)
     model = load_model(out)
     assert model.config.initializer_range == 0.1  # saved with the model
-    w = model.get_input_embeddings().weight
+    w = model.get_input_embeddings().weight.detach()
     assert 0.07 < float(w.std()) < 0.13  # drawn at the given range, not at 0.02
     with pytest.raises(LineageError, match="dropout"):
         build_config(family, "tiny", tok, 32, dropout=1.0)
