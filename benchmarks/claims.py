@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size.add_argument(
         "--medium",
         action="store_true",
-        help="between quick and full: ~30-40 min for 3 seeds of gpt2 ki, growth, accumulation",
+        help="between quick and full: ~3.6 h of cells for 3 seeds of every claim, both families",
     )
     parser.add_argument("--family", default="both", choices=[*FAMILIES, "both"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
