@@ -74,7 +74,8 @@ def error_bars(
     panels: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, *, title: str
 ) -> Path:
     """One panel per metric kind, one bar per name: ``{"mean", "sd", "values"}`` as mean ± sd
-    with every seed's value as a dot (None values, e.g. "never reached", are left out)."""
+    with every seed's value as a dot. None values (e.g. "never reached") are left out of the
+    bar and counted on it: "1/3" when one seed of three has a value, "none" when no seed has."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
     for ax, (kind, bars) in zip(axes[0], panels.items(), strict=True):
         names = list(bars)
@@ -84,6 +85,12 @@ def error_bars(
         for i, n in enumerate(names):
             dots = [v for v in bars[n]["values"] if v is not None]
             ax.plot([i] * len(dots), dots, "k.", ms=5)
+            if len(dots) < len(bars[n]["values"]):
+                label = f"{len(dots)}/{len(bars[n]['values'])}" if dots else "none"
+                ax.text(i, 0.02, label, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
+        if all(np.isnan(means)):  # no bar at all: an empty panel, not a range around 0
+            ax.set_ylim(0, 1)
+            ax.set_yticks([])
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(kind)
         ax.grid(axis="y", alpha=0.3)
