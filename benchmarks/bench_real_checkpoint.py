@@ -38,6 +38,21 @@ SIZES = {  # hidden, layers, heads, kv heads, ffn, vocabulary
 }
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of every step's process: Linux sends it SIGTERM when this script dies, even
+    by kill -9, so a killed benchmark leaves no step running on (a no-op elsewhere)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    prctl = getattr(libc, "prctl", None)
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def bundled_docs(domain: str, limit: int | None = None) -> list[str]:
     """The bundled corpus's documents (blank-line separated), the first ``limit`` of them."""
     with gzip.open(DOMAINS_DIR / domain / f"{domain}.txt.gz", "rt", encoding="utf-8") as fh:
@@ -134,6 +149,7 @@ def run_step(
             stdout=o,
             stderr=e,
             env=env,
+            preexec_fn=die_with_parent,
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -443,6 +459,7 @@ def main() -> None:
                         str(a.block_size),
                     ],
                     check=True,
+                    preexec_fn=die_with_parent,
                 )
                 built = json.loads((path.parent / "built.json").read_text())
             built["build_s"] = round(time.perf_counter() - start, 1)

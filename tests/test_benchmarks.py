@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,35 @@ def test_bench_real_checkpoint_smoke(tmp_path: Path) -> None:
     assert summary["ki_caches_built"] == []  # KI read the 3 cached blocks, built nothing
     assert summary["adapter_eval"] > 1 and "forgetting/cs" in summary["forgetting"]
     assert summary["plan"] and all(p["reasons"] for p in summary["plan"])
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child its reaper has not waited for)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_a_killed_real_checkpoint_benchmark_leaves_no_step_running(tmp_path: Path) -> None:
+    """Its steps run as child processes; kill -9 of the benchmark takes them down too."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time; sys.path.insert(0, sys.argv[1]);"
+            "from bench_real_checkpoint import die_with_parent;"
+            "child = subprocess.Popen(['sleep', '120'], preexec_fn=die_with_parent);"
+            "print(child.pid, flush=True); time.sleep(120)"
+        ), str(ROOT / "benchmarks")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _running(child)
+    parent.kill()
+    parent.wait(10)
+    for _ in range(100):
+        if not _running(child):
+            break
+        time.sleep(0.05)
+    assert not _running(child)
