@@ -248,3 +248,27 @@ def test_processes_racing_for_one_output_get_it_once(registry_url: str) -> None:
             _finish(held)
         [res] = _reservations(registry_url)  # the winner died holding it: left for the next job
         assert res.owner.pid == winners[0]
+
+
+@pytest.mark.parametrize("upgrade_fresh", [True, False])
+def test_a_schema_created_meanwhile_is_not_taken_for_an_unstamped_one(
+    empty_db_url: str, upgrade_fresh: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind a fresh registry opened by several processes: this one reads no
+    revision, then another commits the whole schema before this one looks at the tables. It
+    must find the schema done, not refuse the database as "tables but no revision"."""
+    import lineage.registry.schema as schema
+
+    Registry(empty_db_url).close()  # the other process, done between the two reads
+    real, reads = schema.current_revision, []
+
+    def first_read_predates_it(engine: Any) -> str | None:
+        reads.append(engine)
+        return None if len(reads) == 1 else real(engine)
+
+    monkeypatch.setattr(schema, "current_revision", first_read_predates_it)
+    reg = Registry(empty_db_url, upgrade_fresh=upgrade_fresh)
+    try:
+        assert reg.schema_revision == head_revision() and reads
+    finally:
+        reg.close()

@@ -148,10 +148,17 @@ def check_schema(
     if current == head:
         return head
     if current is None:
-        refuse_unstamped(engine)
         if upgrade_fresh:
+            # Not refuse_unstamped here: another process may create the schema between this
+            # read and a look at the tables. upgrade reads both again under the write lock.
             upgrade(engine, storage_root=storage_root)
             return head
+        try:
+            refuse_unstamped(engine)
+        except LineageError:
+            if current_revision(engine) is None:
+                raise
+            return check_schema(engine, upgrade_fresh=False, storage_root=storage_root)
         raise LineageError("the registry database has no schema yet: run `lineage db upgrade`")
     if current not in known_revisions():
         raise newer_database(current)
