@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
+from lineage.corpora.batches import BlockShard, MixtureSampler
 from lineage.corpora.blocks import domain_blocks, valid_blocks
 from lineage.corpora.domains import add_domain, bundled_domains_dir
 from lineage.corpora.tokenizer import TokenizerInfo, load_tokenizer
@@ -116,10 +118,10 @@ def count_models(
     return {key: float(np.mean(values)) for key, values in ce.items()}
 
 
-GROUPS = {  # parameter-name fragments of RoBERTa's attention and feed-forward weights
-    "attention Q, K": ("attention.self.query.weight", "attention.self.key.weight"),
-    "attention V, O": ("attention.self.value.weight", "attention.output.dense.weight"),
-    "feed-forward": ("intermediate.dense.weight", "output.dense.weight"),
+GROUPS = {  # RoBERTa's weight names per group (layer.N.output is the FFN's down-projection)
+    "attention Q, K": re.compile(r"attention\.self\.(query|key)\.weight$"),
+    "attention V, O": re.compile(r"attention\.(self\.value|output\.dense)\.weight$"),
+    "feed-forward": re.compile(r"layer\.\d+\.(intermediate|output)\.dense\.weight$"),
 }
 
 
@@ -132,13 +134,11 @@ def gradient_rms(model: nn.Module, batch: Any) -> dict[str, float]:
     model.zero_grad()
     loss.backward()
     out = {}
-    for group, fragments in GROUPS.items():
+    for group, pattern in GROUPS.items():
         grads = [
             p.grad.flatten()
             for name, p in model.named_parameters()
-            if p.grad is not None
-            and any(name.endswith(f) for f in fragments)
-            and not (group == "feed-forward" and "attention" in name)
+            if p.grad is not None and pattern.search(name)
         ]
         out[group] = float(torch.cat(grads).pow(2).mean().sqrt())
     model.zero_grad()
@@ -146,8 +146,6 @@ def gradient_rms(model: nn.Module, batch: Any) -> dict[str, float]:
 
 
 def first_batch(blocks: np.ndarray, info: TokenizerInfo, batch: int, mask: float) -> Any:
-    from lineage.corpora.batches import BlockShard, MixtureSampler
-
     shard = BlockShard("train", blocks, "mlm", info, mask_probability=mask)
     return next(MixtureSampler([shard], batch_size=batch, seed=0))
 
