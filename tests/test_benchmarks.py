@@ -10,24 +10,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_bench(script: str, *args: str, cwd: Path, timeout: int, **env: str) -> Any:
+    """``benchmarks/<script> args`` in its own process on one thread; it must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_bench_gpu_smoke(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_bench("bench_gpu.py", "--smoke", cwd=tmp_path, timeout=600, OUT=str(tmp_path))
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["smoke"] and summary["device"] == "cpu"
     assert {"tokenizer", "blocks", "total"} <= set(summary["phases_s"])
@@ -45,13 +48,10 @@ def test_bench_gpu_smoke(tmp_path: Path) -> None:
 def test_bench_cache_agreement_smoke(tmp_path: Path) -> None:
     """v1 vs v2 cache agreement: the script trains from both formats per seed and reports."""
     out = tmp_path / "agreement.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_cache_agreement.py"), "--smoke",
-         "--seeds", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    proc = run_bench(
+        "bench_cache_agreement.py", "--smoke", "--seeds", "2", "--out", str(out),
+        cwd=tmp_path, timeout=900,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["seeds"] == 2 and result["setup"]["quick"]
     for v in ("v1", "v2"):
@@ -70,17 +70,10 @@ def test_bench_real_checkpoint_smoke(tmp_path: Path) -> None:
     """The real-checkpoint journey on a tiny local Llama (GQA, tied, 1k BPE) through the CLI:
     every step timed, the measured plan's verdict, a 3-block cache the KI run reads without
     building another, the adapter scored through its base, forgetting reported."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    script = ROOT / "benchmarks" / "bench_real_checkpoint.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--workdir", str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_bench(
+        "bench_real_checkpoint.py", "--smoke", "--workdir", str(tmp_path / "w"),
+        cwd=tmp_path, timeout=900,
+    )  # fmt: skip
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = [s["step"] for s in summary["steps"]]
     assert steps[:3] == ["domains", "domain bio", "register"] and steps[-1] == "forgetting"
